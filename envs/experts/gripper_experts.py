@@ -1,0 +1,126 @@
+"""Scripted waypoint experts for the gripper tasks (Lift, PickPlace).
+
+Each expert walks through phases (approach, descend, close, lift, ...) with a proportional
+controller on the end-effector position, using the env's privileged state. A dropped cube sends
+it back to the approach phase, so at ``noise=0`` it recovers from its own rare slips.
+
+``noise`` makes data of mixed quality: Gaussian noise on the xyz action (std = ``noise``, in
+action units) and a grasp point offset by up to ``noise`` × 2 cm, which sometimes misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.gripper import GripperTaskEnv
+
+OPEN, CLOSED = -1.0, 1.0
+
+
+@dataclass
+class Phase:
+    """Move the grip site to ``target`` with the gripper at ``grip``; done within ``tol``
+    metres, or after ``hold`` steps when ``hold`` is set (for closing and opening)."""
+
+    name: str
+    target: np.ndarray
+    grip: float
+    tol: float = 0.006
+    hold: int = 0
+
+
+class GripperExpert:
+    """Base class: a phase machine. Subclasses list the phases for the current state."""
+
+    GAIN = 1.5
+    HOVER = 0.07  # metres above the cube's centre when approaching
+    MAX_PHASE_STEPS = 60
+
+    def __init__(self, noise: float = 0.0, seed: int | None = None) -> None:
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.noise = float(noise)
+        self.rng = np.random.default_rng(seed)
+        self._phase = 0
+        self._steps_in_phase = 0
+        self._grasp_offset = np.zeros(3)
+
+    def reset(self, env: GripperTaskEnv) -> None:
+        self._phase = 0
+        self._steps_in_phase = 0
+        offset_xy = self.rng.uniform(-1.0, 1.0, 2) * self.noise * 0.02
+        self._grasp_offset = np.array([offset_xy[0], offset_xy[1], 0.0])
+
+    def phases(self, env: GripperTaskEnv) -> list[Phase]:
+        raise NotImplementedError
+
+    def _pick_phases(self, env: GripperTaskEnv) -> list[Phase]:
+        cube = env.cube_pos() + self._grasp_offset
+        return [
+            Phase("approach", cube + [0.0, 0.0, self.HOVER], OPEN, tol=0.008),
+            Phase("descend", cube, OPEN, tol=0.004),
+            Phase("close", cube, CLOSED, hold=6),
+        ]
+
+    def act(self, env: GripperTaskEnv) -> np.ndarray:
+        phases = self.phases(env)
+        if self._dropped(env) or self._steps_in_phase > self.MAX_PHASE_STEPS:
+            self._phase, self._steps_in_phase = 0, 0
+        phase = phases[min(self._phase, len(phases) - 1)]
+        error = phase.target - env.eef_pos()
+        done = (
+            self._steps_in_phase >= phase.hold
+            if phase.hold
+            else float(np.max(np.abs(error))) < phase.tol
+        )
+        if done and self._phase < len(phases) - 1:
+            self._phase += 1
+            self._steps_in_phase = 0
+            phase = phases[self._phase]
+            error = phase.target - env.eef_pos()
+        self._steps_in_phase += 1
+        move = np.clip(self.GAIN * error / env.MAX_DELTA, -1.0, 1.0)
+        if self.noise > 0:
+            move = np.clip(move + self.rng.normal(0.0, self.noise, 3), -1.0, 1.0)
+        return np.append(move, phase.grip).astype(np.float32)
+
+    def _dropped(self, env: GripperTaskEnv) -> bool:
+        """After the grasp, the cube is no longer between the fingers."""
+        names = [p.name for p in self.phases(env)]
+        carrying = self._phase > names.index("close") and names[self._phase] in self.CARRY_PHASES
+        return carrying and not env.grasping()
+
+    CARRY_PHASES: tuple[str, ...] = ()
+
+
+class LiftExpert(GripperExpert):
+    """Approach, descend, close, lift."""
+
+    CARRY_PHASES = ("lift",)
+
+    def phases(self, env: GripperTaskEnv) -> list[Phase]:
+        pick = self._pick_phases(env)
+        lift = pick[1].target + [0.0, 0.0, 0.1]
+        return [*pick, Phase("lift", lift, CLOSED, tol=0.0)]
+
+
+class PickPlaceExpert(GripperExpert):
+    """Approach, descend, close, lift, carry over the target, lower, open, retreat."""
+
+    CARRY_PHASES = ("lift", "carry", "lower")
+    CARRY_HEIGHT = 0.1
+
+    def phases(self, env: GripperTaskEnv) -> list[Phase]:
+        pick = self._pick_phases(env)
+        target = np.append(env.target_xy(), env.CUBE_HALF + 0.004)
+        lifted = np.append(env.eef_pos()[:2], self.CARRY_HEIGHT)
+        return [
+            *pick,
+            Phase("lift", lifted, CLOSED, tol=0.01),
+            Phase("carry", np.append(target[:2], self.CARRY_HEIGHT), CLOSED, tol=0.004),
+            Phase("lower", target, CLOSED, tol=0.003),
+            Phase("open", target, OPEN, hold=5),
+            Phase("retreat", target + [0.0, 0.0, 0.08], OPEN, tol=0.0),
+        ]

@@ -1,0 +1,1 @@
+"""Simulation: rendering backend, env construction, vector envs, rollouts, eval statistics, video."""
