@@ -68,10 +68,9 @@ BACKEND = choose_gl_backend()
 _LIVE_RENDERERS: weakref.WeakSet = weakref.WeakSet()
 
 
-@atexit.register
 def _close_live_renderers() -> None:
-    """Free GL contexts while PyOpenGL is still loaded: freeing them during interpreter teardown
-    raises spurious EGL errors from ``Renderer.__del__``."""
+    """Free GL contexts before mujoco's own exit hook terminates the EGL display; freed later,
+    in interpreter teardown, they raise spurious EGL errors from ``Renderer.__del__``."""
     for renderer in list(_LIVE_RENDERERS):
         renderer.close()
 
@@ -99,4 +98,8 @@ def make_renderer(model, height: int, width: int):
             f"MuJoCo could not create a {BACKEND!r} GL context ({err}).\n{_INSTALL_HINT}"
         ) from err
     _LIVE_RENDERERS.add(renderer)
+    # mujoco registers its EGL display teardown when the first context is made; re-registering
+    # ours afterwards makes it run first (atexit is last-in, first-out).
+    atexit.unregister(_close_live_renderers)
+    atexit.register(_close_live_renderers)
     return renderer

@@ -1,0 +1,27 @@
+# The README's two commands. Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## make demo: collect demonstrations, evaluate, write a report with a video
+demo: setup
+	$(PY) scripts/demo.py
+
+## make test: the default test suite (fast CPU tests; `slow` and `gpu` marks excluded)
+## pytest exits 5 when it collects no test: that is not a failure of the suite.
+test: setup
+	$(PY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,22 @@
+"""Benchmark suites behind ``robopolicy bench SUITE``.
+
+Each suite reads ``configs/bench/<suite>.yaml`` (plus overrides), measures, and writes
+``results.json``, ``report.md`` and PNG plots under ``runs/bench/<suite>/<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from robopolicy.config import CONFIG_DIR, ConfigError, load_config
+
+SUITES = {"sim": "robopolicy.bench.sim"}
+
+
+def run_suite(name: str, overrides: list[str] | None = None) -> dict:
+    """Run one suite by name and return its results."""
+    if name not in SUITES:
+        raise ConfigError(f"unknown benchmark suite {name!r}; available: {sorted(SUITES)}")
+    module = importlib.import_module(SUITES[name])
+    cfg = load_config(CONFIG_DIR / "bench" / f"{name}.yaml", module.Config, overrides)
+    return module.run(cfg)

@@ -1,0 +1,70 @@
+"""Where a benchmark's results go: one timestamped folder with JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robopolicy import __version__
+from robopolicy.files import atomic_write_json, atomic_write_text
+
+
+def new_run_dir(root: str | Path, suite: str) -> Path:
+    out = Path(root) / suite / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "robopolicy": __version__,
+        "git_commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "mujoco_gl": os.environ.get("MUJOCO_GL"),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, results: dict[str, Any], report_md: str) -> None:
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "report.md", report_md)

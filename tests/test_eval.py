@@ -1,0 +1,51 @@
+"""The eval harness: statistics, seeding, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robopolicy.sim.agents import ExpertAgent
+from robopolicy.sim.evaluate import evaluate, summary_line
+from robopolicy.sim.stats import wilson_interval
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(50, 50)
+    assert high == 1.0 and low == pytest.approx(0.9287, abs=1e-4)
+    with pytest.raises(ValueError, match="n > 0"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
+def test_eval_writes_summary_and_video(tmp_path) -> None:
+    summary = evaluate(
+        "robopolicy/Lift-v0",
+        ExpertAgent(0.0),
+        n_episodes=3,
+        seed=5,
+        num_envs=2,
+        out_dir=tmp_path,
+        video_episodes=1,
+        progress=False,
+    )
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["seeds"] == [5, 6, 7] and saved["n_episodes"] == 3
+    assert saved["success_rate"] == 1.0
+    assert saved["success_ci95"][0] < 1.0 == saved["success_ci95"][1]
+    assert saved["time_per_action_ms"] > 0 and saved["mean_episode_length"] > 5
+    assert (tmp_path / "rollouts.mp4").stat().st_size > 1000
+    assert "success 100%" in summary_line(summary)
+
+
+def test_eval_is_reproducible_whatever_the_number_of_envs() -> None:
+    kwargs = dict(n_episodes=4, seed=11, progress=False)
+    one = evaluate("robopolicy/Lift-v0", ExpertAgent(0.5), num_envs=1, **kwargs)
+    two = evaluate("robopolicy/Lift-v0", ExpertAgent(0.5), num_envs=2, **kwargs)
+    assert one["per_episode"] == two["per_episode"]
