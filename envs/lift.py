@@ -32,8 +32,10 @@ class LiftEnv(GripperTaskEnv):
         return {**self.robot_obs(), "object": np.concatenate([cube, quat, cube - self.eef_pos()])}
 
     def _reset_task(self, rng: np.random.Generator) -> None:
-        self._place_cube(rng.uniform(-self.CUBE_RANGE, self.CUBE_RANGE, 2),
-                         rng.uniform(-self.CUBE_YAW_RANGE, self.CUBE_YAW_RANGE))
+        self._place_cube(
+            rng.uniform(-self.CUBE_RANGE, self.CUBE_RANGE, 2),
+            rng.uniform(-self.CUBE_YAW_RANGE, self.CUBE_YAW_RANGE),
+        )
         self._place_gripper(self.GRIPPER_START + np.append(rng.uniform(-0.03, 0.03, 2), 0.0))
 
     def lift_height(self) -> float:

@@ -41,7 +41,9 @@ class PickPlaceEnv(GripperTaskEnv):
         target = self.target_xy()
         return {
             **self.robot_obs(),
-            "object": np.concatenate([cube, quat, cube - self.eef_pos(), target, cube[:2] - target]),
+            "object": np.concatenate(
+                [cube, quat, cube - self.eef_pos(), target, cube[:2] - target]
+            ),
         }
 
     def _reset_task(self, rng: np.random.Generator) -> None:

@@ -11,7 +11,7 @@ from robopolicy.sim.vector import make_env
 
 
 def test_backend_is_consistent() -> None:
-    assert render.BACKEND == os.environ["MUJOCO_GL"]
+    assert os.environ["MUJOCO_GL"] == render.BACKEND
     if render.BACKEND in ("egl", "osmesa"):
         assert os.environ["PYOPENGL_PLATFORM"] == render.BACKEND
 

@@ -197,23 +197,55 @@ def _report(results: dict[str, Any]) -> str:
         for label in ("noise_0", "mixed"):
             e = r["expert"][label]
             low, high = e["success_ci95"]
-            rows.append([env_id, e["noise"], e["n"], e["seeds"], f"{e['success_rate']:.0%}",
-                         f"[{low:.0%}, {high:.0%}]", f"{e['mean_episode_length']:.1f}"])
-    lines += [markdown_table(
-        ["task", "noise", "n", "seeds", "success", "Wilson 95%", "mean length"], rows), ""]
+            rows.append(
+                [
+                    env_id,
+                    e["noise"],
+                    e["n"],
+                    e["seeds"],
+                    f"{e['success_rate']:.0%}",
+                    f"[{low:.0%}, {high:.0%}]",
+                    f"{e['mean_episode_length']:.1f}",
+                ]
+            )
+    lines += [
+        markdown_table(
+            ["task", "noise", "n", "seeds", "success", "Wilson 95%", "mean length"], rows
+        ),
+        "",
+    ]
     lines += ["## Demonstrations collected per minute", ""]
-    rows = [[env_id, f"{r['collection']['state']['demos_per_minute']:.0f}",
-             f"{r['collection']['pixels']['demos_per_minute']:.0f}"]
-            for env_id, r in results["tasks"].items()]
+    rows = [
+        [
+            env_id,
+            f"{r['collection']['state']['demos_per_minute']:.0f}",
+            f"{r['collection']['pixels']['demos_per_minute']:.0f}",
+        ]
+        for env_id, r in results["tasks"].items()
+    ]
     lines += [markdown_table(["task", "state", "pixels (both cameras)"], rows), ""]
     lines += ["## Env throughput (state obs, one process) and rendering", ""]
     rows = []
     for env_id, r in results["tasks"].items():
         t = r["throughput"]
         fps = ", ".join(f"{cam} {v:.0f}" for cam, v in r["render_fps"].items())
-        rows.append([env_id, f"{t['env_steps_per_s']:.0f}",
-                     f"{t['physics_limit_env_steps_per_s']:.0f}",
-                     f"{t['share_of_physics_limit']:.0%}", t["substeps_per_env_step"], fps])
-    lines += [markdown_table(["task", "env steps/s", "physics limit", "share", "substeps",
-                              "render fps per camera"], rows), "", "![sim](sim.png)", ""]
+        rows.append(
+            [
+                env_id,
+                f"{t['env_steps_per_s']:.0f}",
+                f"{t['physics_limit_env_steps_per_s']:.0f}",
+                f"{t['share_of_physics_limit']:.0%}",
+                t["substeps_per_env_step"],
+                fps,
+            ]
+        )
+    lines += [
+        markdown_table(
+            ["task", "env steps/s", "physics limit", "share", "substeps", "render fps per camera"],
+            rows,
+        ),
+        "",
+        "![sim](sim.png)",
+        "",
+    ]
     return "\n".join(lines)

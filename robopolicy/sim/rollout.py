@@ -76,7 +76,9 @@ def run_episodes(
                 mask[i] = False
                 continue
             seeds_now[i] = int(seed)
-            active[i] = EpisodeRecord(seed=int(seed), frames=[] if started < video_episodes else None)
+            active[i] = EpisodeRecord(
+                seed=int(seed), frames=[] if started < video_episodes else None
+            )
             started += 1
         if not mask.any():
             return obs
