@@ -213,7 +213,7 @@ class MujocoTaskEnv(gym.Env):
     def _in_contact(self, geoms_a: set[int], geoms_b: set[int]) -> bool:
         """True when any geom of ``geoms_a`` touches any geom of ``geoms_b``."""
         n = self.data.ncon
-        for g1, g2 in zip(self.data.contact.geom1[:n], self.data.contact.geom2[:n]):
+        for g1, g2 in zip(self.data.contact.geom1[:n], self.data.contact.geom2[:n], strict=True):
             if (g1 in geoms_a and g2 in geoms_b) or (g2 in geoms_a and g1 in geoms_b):
                 return True
         return False

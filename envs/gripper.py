@@ -85,6 +85,6 @@ class GripperTaskEnv(MujocoTaskEnv):
         }
 
     def _reach_grasp_reward(self) -> float:
-        """Shaped reward shared by the gripper tasks (robosuite-style reach + grasp), in [0, 1.25]."""
+        """Shaped reach + grasp reward of the gripper tasks (robosuite-style), in [0, 1.25]."""
         dist = float(np.linalg.norm(self.eef_pos() - self.cube_pos()))
         return (1.0 - np.tanh(10.0 * dist)) + 0.25 * float(self.grasping())

@@ -29,21 +29,27 @@ def main() -> None:
     print("[demo] 2/3 evaluating the expert on 50 held-out seeds")
     summary = evaluate(ENV_ID, ExpertAgent(0.0), n_episodes=50, out_dir=run / "eval")
     low, high = summary["success_ci95"]
-    report = f"""# robopolicy demo — {time.strftime("%Y-%m-%d %H:%M")}
-
-## Demonstrations
-`{data["output"]}`: {info["num_demos"]} demos, {info["total_samples"]} samples,
-collected at {data["demos_per_minute"]:.0f} demos/minute (expert success while collecting:
-{data["expert_success_rate"]:.0%} of {data["attempts"]} episodes). Observation keys:
-{", ".join(f"`{k}` {tuple(v["shape"])}" for k, v in info["obs"].items())}.
-
-## Expert evaluation
-Success {summary["success_rate"]:.0%} (Wilson 95% [{low:.0%}, {high:.0%}], n={summary["n_episodes"]},
-seeds {summary["seeds"][0]}..{summary["seeds"][-1]}); mean episode length
-{summary["mean_episode_length"]:.1f} steps; {summary["time_per_action_ms"]:.2f} ms per action.
-
-Video of the first episodes: [eval/rollouts.mp4](eval/rollouts.mp4)
-"""
+    keys = ", ".join(f"`{key}` {tuple(spec['shape'])}" for key, spec in info["obs"].items())
+    report = "\n".join(
+        [
+            f"# robopolicy demo, {time.strftime('%Y-%m-%d %H:%M')}",
+            "",
+            "## Demonstrations",
+            f"`{data['output']}`: {info['num_demos']} demos, {info['total_samples']} samples, "
+            f"collected at {data['demos_per_minute']:.0f} demos/minute (expert success while "
+            f"collecting: {data['expert_success_rate']:.0%} of {data['attempts']} episodes).",
+            f"Observation keys: {keys}.",
+            "",
+            "## Expert evaluation",
+            f"Success {summary['success_rate']:.0%} (Wilson 95% [{low:.0%}, {high:.0%}], "
+            f"n={summary['n_episodes']}, seeds {summary['seeds'][0]}..{summary['seeds'][-1]}); "
+            f"mean episode length {summary['mean_episode_length']:.1f} steps; "
+            f"{summary['time_per_action_ms']:.2f} ms per action.",
+            "",
+            "Video of the first episodes: [eval/rollouts.mp4](eval/rollouts.mp4)",
+            "",
+        ]
+    )
     atomic_write_text(run / "report.md", report)
     print(f"[demo] 3/3 {summary_line(summary)}")
     print(f"[demo] report: {run / 'report.md'}")

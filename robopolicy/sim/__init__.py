@@ -1,1 +1,1 @@
-"""Simulation: rendering backend, env construction, vector envs, rollouts, eval statistics, video."""
+"""Simulation: rendering, env construction, vector envs, rollouts, eval statistics, video."""
