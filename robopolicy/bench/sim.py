@@ -59,8 +59,8 @@ def run(cfg: Config) -> dict[str, Any]:
             "throughput": _throughput(task.env_id, cfg.throughput_steps),
             "render_fps": _render_rate(task.env_id, cfg.image_size, cfg.render_frames),
         }
-    _plot(results, out)
     write_results(out, results, _report(results))
+    _plot(results, out)
     print(f"[bench sim] wrote {out}/report.md")
     for env_id, r in results["tasks"].items():
         e, t = r["expert"]["noise_0"], r["throughput"]
@@ -164,7 +164,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     for offset, label in ((-0.2, "noise_0"), (0.2, "mixed")):
         rates = [results["tasks"][t]["expert"][label]["success_rate"] for t in tasks]
         ci = np.array([results["tasks"][t]["expert"][label]["success_ci95"] for t in tasks])
-        err = np.stack([np.array(rates) - ci[:, 0], ci[:, 1] - np.array(rates)])
+        err = np.clip(np.stack([np.array(rates) - ci[:, 0], ci[:, 1] - np.array(rates)]), 0, 1)
         axes[0].bar(x + offset, rates, 0.4, yerr=err, capsize=4, label=label.replace("_", " "))
     axes[0].set(xticks=x, xticklabels=tasks, ylim=(0, 1.05), title="Expert success (95% CI)")
     axes[0].legend()
