@@ -2,7 +2,8 @@
 
 Commands:
   collect CONFIG   run a scripted expert and write robomimic-format HDF5 demonstrations
-  eval CONFIG      evaluate an agent on seeded episodes; write eval.json and a video
+  train CONFIG     train a BC policy (diffusion or flow); checkpoints, logs, final eval
+  eval TARGET      evaluate a checkpoint (or an eval config) on seeded episodes; eval.json, video
   bench SUITE      run a benchmark suite; write results.json, a Markdown report and plots
 """
 
@@ -16,7 +17,10 @@ from robopolicy import __version__
 
 EPILOG = """examples:
   robopolicy collect configs/collect/lift_proficient.yaml n_demos=50
+  robopolicy train configs/train/lift_diffusion.yaml optim.steps=2000
+  robopolicy eval runs/lift_diffusion/<time> n_episodes=100
   robopolicy eval configs/eval/lift_expert.yaml n_episodes=100 noise=0.6
+  torchrun --nproc_per_node 2 -m robopolicy train configs/train/lift_diffusion.yaml
   robopolicy bench sim
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
 
@@ -34,13 +38,28 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.training.bc import train_bc
+    from robopolicy.training.config import TrainConfig
+
+    result = train_bc(load_config(args.config, TrainConfig, args.overrides))
+    if "checkpoint" in result:
+        print(f"trained {result['steps']} steps -> {result['checkpoint']}")
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from robopolicy.config import load_config
     from robopolicy.sim.evaluate import EvalConfig, run_eval_config, summary_line
 
-    cfg = load_config(args.config, EvalConfig, args.overrides)
+    if Path(args.config).is_dir():  # a checkpoint, a checkpoints/ folder or a run folder
+        cfg = load_config(None, EvalConfig, [f"checkpoint={args.config}", *args.overrides])
+    else:
+        cfg = load_config(args.config, EvalConfig, args.overrides)
     summary = run_eval_config(cfg)
-    print(summary_line(summary) + f" -> {cfg.out_dir}/eval.json")
+    print(summary_line(summary) + f" -> {summary['out_dir']}/eval.json")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -58,16 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"robopolicy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, func, helptext in (
-        ("collect", _cmd_collect, "collect expert demonstrations into robomimic HDF5"),
-        ("eval", _cmd_eval, "evaluate an agent: success with a Wilson interval, video"),
+    for name, func, helptext, target in (
+        ("collect", _cmd_collect, "collect expert demonstrations into robomimic HDF5", "config"),
+        ("train", _cmd_train, "train a BC policy (diffusion or flow matching)", "config"),
+        (
+            "eval",
+            _cmd_eval,
+            "evaluate a checkpoint or an eval config: success with a Wilson interval, video",
+            "checkpoint or config",
+        ),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
     p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
-    p.add_argument("suite", help="suite name: sim")
+    p.add_argument("suite", help="suite name: sim, bc")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
     return parser
@@ -75,12 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from robopolicy.checkpoint import CheckpointError
     from robopolicy.config import ConfigError
     from robopolicy.data.hdf5 import DatasetError
+    from robopolicy.training.bc import TrainingDivergedError
 
     try:
         args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError) as err:
+    except (
+        CheckpointError,
+        ConfigError,
+        DatasetError,
+        FileNotFoundError,
+        TrainingDivergedError,
+    ) as err:
         print(f"robopolicy {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -42,16 +42,18 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(merged, cfg)
 
 
-def load_config(path: str | Path, schema: type[T], overrides: list[str] | None = None) -> T:
+def load_config(path: str | Path | None, schema: type[T], overrides: list[str] | None = None) -> T:
     """Read ``path`` (with its defaults), apply ``overrides``, validate against ``schema``.
+
+    ``path`` None starts from the schema's defaults (the overrides must then fill it).
 
     Returns an OmegaConf-backed instance of the dataclass ``schema`` (typed attribute access;
     ``OmegaConf.to_yaml`` saves it with the run).
     """
     if not is_dataclass(schema):
         raise TypeError(f"schema must be a dataclass, got {schema!r}")
-    path = Path(path)
-    raw = _read_yaml(path)
+    path = Path(path) if path is not None else Path("<command line>")
+    raw = _read_yaml(path) if str(path) != "<command line>" else OmegaConf.create()
     try:
         cli = OmegaConf.from_dotlist(list(overrides or []))
     except Exception as err:

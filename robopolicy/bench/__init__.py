@@ -10,7 +10,7 @@ import importlib
 
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config
 
-SUITES = {"sim": "robopolicy.bench.sim"}
+SUITES = {"sim": "robopolicy.bench.sim", "bc": "robopolicy.bench.bc"}
 
 
 def run_suite(name: str, overrides: list[str] | None = None) -> dict:

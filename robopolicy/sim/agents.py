@@ -11,6 +11,7 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 
 class Agent(Protocol):
@@ -41,3 +42,35 @@ class ExpertAgent:
 
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         return np.stack(envs.call("expert_action")).astype(np.float32)
+
+
+class PolicyAgent:
+    """A BC policy (any ``BasePolicy``) acting on a vector env's observation batch.
+
+    Each sub-env keeps its own observation history and action queue (``ChunkExecutor``), so
+    its episodes start and end independently of the others.
+    """
+
+    def __init__(self, policy, name: str = "policy") -> None:
+        self.policy = policy.eval()
+        self.name = name
+        self.executor = None
+
+    def prepare(self, envs: gym.vector.VectorEnv) -> None:
+        from robopolicy.inference.chunking import ChunkExecutor
+
+        self.executor = ChunkExecutor(self.policy, envs.num_envs)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        self.executor.reset(env_mask)
+
+    def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
+        device = self.policy.device
+        batch = {
+            key: torch.as_tensor(
+                value, dtype=torch.uint8 if value.dtype == np.uint8 else torch.float32
+            ).to(device)
+            for key, value in obs.items()
+            if key in self.policy.shapes.obs
+        }
+        return self.executor.act(batch).cpu().numpy().astype(np.float32)

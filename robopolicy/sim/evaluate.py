@@ -7,17 +7,16 @@ length, time per action) and an mp4 of the first episodes, and returns the summa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import MISSING
 from tqdm import tqdm
 
 from robopolicy.config import ConfigError
 from robopolicy.files import atomic_write_json
-from robopolicy.sim.agents import Agent, ExpertAgent
+from robopolicy.sim.agents import Agent, ExpertAgent, PolicyAgent
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
 from robopolicy.sim.stats import wilson_interval
 from robopolicy.sim.vector import make_vector_env
@@ -104,29 +103,53 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 @dataclass
 class EvalConfig:
-    """``robopolicy eval`` settings. ``agent: expert`` evaluates the task's scripted expert."""
+    """``robopolicy eval`` settings: a checkpoint, or ``agent: expert`` for the scripted expert.
 
-    env_id: str = MISSING
-    env_kwargs: dict[str, Any] = field(default_factory=lambda: {"obs_type": "state"})
-    agent: str = "expert"
+    With a checkpoint, ``env_id`` and ``env_kwargs`` default to the task it was trained on and
+    the results go to ``<run>/eval-<checkpoint step>/`` unless ``out_dir`` is set.
+    """
+
+    checkpoint: str | None = None
+    env_id: str | None = None
+    env_kwargs: dict[str, Any] | None = None
+    agent: str = "expert"  # expert | policy (implied by checkpoint)
     noise: float = 0.0
     n_episodes: int = 50
     seed: int = 100_000
     num_envs: int = 2
     video_episodes: int = 2
-    out_dir: str = MISSING
+    out_dir: str | None = None
+    device: str = "cpu"
 
 
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
-    if cfg.agent != "expert":
-        raise ConfigError(f"eval: unknown agent {cfg.agent!r}; supported: 'expert'")
-    return evaluate(
-        cfg.env_id,
-        ExpertAgent(cfg.noise),
+    env_id, env_kwargs, out_dir = cfg.env_id, cfg.env_kwargs, cfg.out_dir
+    if cfg.checkpoint is not None:
+        from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
+
+        path = resolve_checkpoint(cfg.checkpoint)
+        task = read_config(path).get("task", {})
+        env_id = env_id or task.get("env_id")
+        env_kwargs = env_kwargs if env_kwargs is not None else task.get("env_kwargs")
+        policy = load_policy(path, device=cfg.device)
+        agent = PolicyAgent(policy, name=f"{policy.cfg.type}-{policy.cfg.backbone}")
+        out_dir = out_dir or str(path.parent.parent / f"eval-{read_meta(path)['step']:07d}")
+    elif cfg.agent == "expert":
+        agent = ExpertAgent(cfg.noise)
+    else:
+        raise ConfigError(f"eval: agent {cfg.agent!r} needs a checkpoint=...; or use 'expert'")
+    if env_id is None:
+        raise ConfigError("eval: env_id is not set (and no checkpoint names one)")
+    if out_dir is None:
+        raise ConfigError("eval: out_dir is not set")
+    summary = evaluate(
+        env_id,
+        agent,
         n_episodes=cfg.n_episodes,
         seed=cfg.seed,
         num_envs=cfg.num_envs,
-        env_kwargs=dict(cfg.env_kwargs),
-        out_dir=cfg.out_dir,
+        env_kwargs=dict(env_kwargs or {"obs_type": "state"}),
+        out_dir=out_dir,
         video_episodes=cfg.video_episodes,
     )
+    return {**summary, "out_dir": out_dir}

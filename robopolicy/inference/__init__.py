@@ -1,0 +1,1 @@
+"""Running a policy in time: action queues, RTI warm starts, temporal ensembling."""

@@ -1,0 +1,1 @@
+"""Training loops: behavior cloning (``bc``), with exact resume and DistributedDataParallel."""

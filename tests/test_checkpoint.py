@@ -1,0 +1,62 @@
+"""Checkpoints: round trip, atomic writes, strict loading with errors that list the keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from bc_fixtures import SHAPES, tiny_obs, tiny_policy
+from safetensors.torch import load_file, save_file
+
+from robopolicy.checkpoint import CheckpointError, load_policy, save_checkpoint
+
+
+def _save(policy, path):
+    config = {"policy": policy.cfg.__dict__, "shapes": SHAPES.__dict__}
+    return save_checkpoint(path, policy.state_dict(), config, step=3, metrics={"loss": 0.5})
+
+
+@pytest.mark.parametrize("policy_type", ["diffusion", "flow"])
+def test_round_trip_gives_the_same_chunks(tmp_path, policy_type) -> None:
+    policy = tiny_policy(policy_type).eval()
+    path = _save(policy, tmp_path / "checkpoints" / "0000003")
+    loaded = load_policy(tmp_path)  # a run dir resolves through checkpoints/last
+    obs, noise = tiny_obs(), torch.randn(3, 8, 2)
+    torch.testing.assert_close(loaded.predict_chunk(obs, noise), policy.predict_chunk(obs, noise))
+    assert (tmp_path / "checkpoints" / "last").resolve() == path.resolve()
+    assert json.loads((path / "meta.json").read_text())["step"] == 3
+    assert "normalizer.actions" not in str(load_file(path / "model.safetensors").keys())
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path) -> None:
+    policy = tiny_policy()
+    _save(policy, tmp_path / "ck")
+    _save(policy, tmp_path / "ck")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "last"]
+
+
+def test_strict_loading_lists_the_keys(tmp_path) -> None:
+    path = _save(tiny_policy(), tmp_path / "ck")
+    weights = load_file(path / "model.safetensors")
+    name = next(iter(weights))
+    weights["surprise"] = weights.pop(name)
+    save_file(weights, path / "model.safetensors")
+    with pytest.raises(
+        CheckpointError, match=f"missing keys \\['{name}'\\].*unexpected keys \\['surprise'\\]"
+    ):
+        load_policy(path)
+
+
+def test_wrong_type_missing_and_bad_statistics(tmp_path) -> None:
+    path = _save(tiny_policy("flow"), tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="'flow' policy, not the expected 'diffusion'"):
+        load_policy(path, expected_type="diffusion")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_policy(tmp_path / "nowhere")
+    stats = load_file(path / "normalizer.safetensors")
+    key = next(k for k in stats if "actions" in k)
+    stats[key] = torch.full_like(stats[key], float("nan"))
+    save_file(stats, path / "normalizer.safetensors")
+    with pytest.raises(CheckpointError, match="actions"):
+        load_policy(path)
