@@ -10,7 +10,7 @@ import gymnasium as gym
 
 TASKS: dict[str, tuple[str, int]] = {
     # id: (entry point, max episode steps)
-    # "robopolicy/PushT-v0": ("envs.pusht:PushTEnv", 300),  (lands with envs/pusht.py)
+    "robopolicy/PushT-v0": ("envs.pusht:PushTEnv", 300),
     "robopolicy/Lift-v0": ("envs.lift:LiftEnv", 100),
     "robopolicy/PickPlace-v0": ("envs.pickplace:PickPlaceEnv", 200),
 }

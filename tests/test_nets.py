@@ -19,8 +19,10 @@ ACTION_DIM, COND_DIM = 3, 5
 
 
 def tiny_unet(horizon: int) -> nn.Module:
-    del horizon  # the U-Net adapts to any valid H
-    return ConditionalUnet1D(ACTION_DIM, COND_DIM, down_dims=(16, 32), n_groups=4, time_embed_dim=8)
+    del horizon  # the U-Net takes any H divisible by 4 (three levels)
+    return ConditionalUnet1D(
+        ACTION_DIM, COND_DIM, down_dims=(8, 16, 32), n_groups=4, time_embed_dim=8
+    )
 
 
 def tiny_mlp(horizon: int) -> nn.Module:
@@ -106,12 +108,18 @@ def test_low_dim_only_encoder_concatenates_sorted_keys_per_step() -> None:
     torch.testing.assert_close(out, torch.cat([a, b], dim=-1).flatten(1))
 
 
-@pytest.mark.parametrize("kind", ["conv", "resnet18"])
-def test_image_encoder_shapes_and_crop_modes(kind: str) -> None:
+# ResNet-18 downsamples 32x: a 56-pixel crop leaves the 2x2 map spatial softmax needs.
+@pytest.mark.parametrize(("kind", "size", "crop"), [("conv", 32, 28), ("resnet18", 64, 56)])
+def test_image_encoder_shapes_and_crop_modes(kind: str, size: int, crop: int) -> None:
     enc = ObservationEncoder(
-        {"pos": 3}, {"cam": (32, 32, 3)}, 2, image_encoder=kind, image_feature_dim=16, crop_size=28
+        {"pos": 3},
+        {"cam": (size, size, 3)},
+        2,
+        image_encoder=kind,
+        image_feature_dim=16,
+        crop_size=crop,
     )
-    obs = {"pos": torch.randn(2, 2, 3), "cam": images()}
+    obs = {"pos": torch.randn(2, 2, 3), "cam": images(size=size)}
     out = enc(obs)
     assert out.shape == (2, enc.out_dim) and enc.out_dim == 2 * (3 + 16)
     enc.eval()
@@ -120,18 +128,24 @@ def test_image_encoder_shapes_and_crop_modes(kind: str) -> None:
     assert not torch.allclose(enc(obs), enc(obs))
 
 
-def test_resnet18_encoder_has_groupnorm_only() -> None:
-    enc = ObservationEncoder({}, {"cam": (32, 32, 3)}, 1, image_encoder="resnet18", crop_size=28)
+def test_resnet18_encoder_has_groupnorm_only_and_rejects_a_1x1_feature_map() -> None:
+    enc = ObservationEncoder({}, {"cam": (40, 40, 3)}, 1, image_encoder="resnet18", crop_size=36)
     kinds = {type(m) for m in enc.modules()}
     assert not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
     assert nn.GroupNorm in kinds
+    with pytest.raises(ValueError, match="28x28"):
+        ObservationEncoder({}, {"cam": (32, 32, 3)}, 1, image_encoder="resnet18", crop_size=28)
 
 
 def test_cameras_have_own_or_shared_weights() -> None:
     cams = {"left": (16, 16, 3), "right": (16, 16, 3)}
     own = ObservationEncoder({}, cams, 1, image_encoder="conv", crop_size=12)
-    shared = ObservationEncoder({}, cams, 1, image_encoder="conv", crop_size=12, share_image_encoder=True)
-    assert sum(p.numel() for p in own.parameters()) == 2 * sum(p.numel() for p in shared.parameters())
+    shared = ObservationEncoder(
+        {}, cams, 1, image_encoder="conv", crop_size=12, share_image_encoder=True
+    )
+    assert sum(p.numel() for p in own.parameters()) == 2 * sum(
+        p.numel() for p in shared.parameters()
+    )
     obs = {"left": images(1, 1, 16), "right": images(1, 1, 16)}
     assert shared.eval()(obs).shape == (1, shared.out_dim) == (1, 128)
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 IMAGE_ENCODERS = ("conv", "resnet18")
 CROP_FRACTION = 0.9  # Diffusion Policy's 76 of 84
 GROUPNORM_CHANNELS_PER_GROUP = 16
+RESNET_STRIDE = 32  # ResNet-18's trunk: input pixels per feature-map cell along each side
 
 
 def random_crop(images: Tensor, size: int, training: bool) -> Tensor:
@@ -77,6 +78,14 @@ def resnet18_encoder(shape: tuple[int, int, int], feature_dim: int) -> nn.Module
             pool_kwargs={"num_kp": 32},
             flatten=True,
             feature_dimension=feature_dim,
+        )
+    _, height, width = core.backbone.output_shape(list(shape))
+    if height * width == 1:
+        # Spatial softmax over one cell returns a constant: the image would be ignored.
+        raise ValueError(
+            f"resnet18 needs a crop larger than {RESNET_STRIDE} pixels per side (the trunk "
+            f"downsamples {RESNET_STRIDE}x and spatial softmax needs a feature map larger than "
+            f"1x1), got {shape[1]}x{shape[2]}"
         )
     return replace_batchnorm_with_groupnorm(core)
 
