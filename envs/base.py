@@ -126,8 +126,9 @@ class MujocoTaskEnv(gym.Env):
         self._apply_action(np.clip(action, -1.0, 1.0))
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         # mj_step leaves positions and contacts at the state before its last integration:
-        # recompute them so observations, success and reward describe the state returned.
-        mujoco.mj_forward(self.model, self.data)
+        # recompute them (the position stage is all that observations, success and reward read)
+        # so they describe the state returned.
+        mujoco.mj_fwdPosition(self.model, self.data)
         success = self._is_success()
         reward = float(success) if self.reward_type == "sparse" else self._dense_reward()
         return self._observation(), reward, success, False, {"is_success": success}
