@@ -36,6 +36,7 @@ from robopolicy.config import ConfigError, to_dict
 from robopolicy.data.hdf5 import dataset_info, read_env_args
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
+from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
@@ -107,7 +108,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     full_config = {**to_dict(cfg), "shapes": to_dict(OmegaConf.structured(shapes))}
     logger = _Logger(run_dir, enabled=dist_info.is_main)
     if dist_info.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(full_config)))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(full_config)))
     last_good: Path | None = resume_from
 
     def save(metrics: dict[str, Any]) -> Path:
