@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from robopolicy.checkpoint import load_policy
+from robopolicy.cli import main
 from robopolicy.config import ConfigError, load_config
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.training.bc import TrainingDivergedError, train_bc
@@ -69,6 +70,10 @@ def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path) -> None
     assert any((tmp_path / "tensorboard").iterdir())
     policy = load_policy(tmp_path)
     assert policy.cfg.pred_horizon == 8 and policy.shapes.action_dim == 4
+    # The CLI evaluates a run directory (its last checkpoint) on the task it was trained on.
+    assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0"]) == 0
+    saved = json.loads((tmp_path / "eval-0000020" / "eval.json").read_text())
+    assert saved["env_id"] == "robopolicy/Lift-v0" and saved["agent"] == "diffusion-unet"
 
 
 def test_resume_is_exact(lift_demos, tmp_path, monkeypatch) -> None:

@@ -43,12 +43,15 @@ class Config:
     only: list[str] = field(default_factory=list)  # run names to run (empty: all)
     eval_episodes: int = 50
     latency_repeats: int = 50
+    speed_steps: int = 20  # training steps timed per backbone in the speed table
     out_root: str = "runs/bench"
 
 
 def run(cfg: Config) -> dict[str, Any]:
     out = new_run_dir(cfg.out_root, "bc")
     results: dict[str, Any] = {"suite": "bc", "machine": machine_info(), "runs": {}}
+    print("[bench bc] speed per backbone")
+    results["speed"] = backbone_speed(cfg.speed_steps, cfg.latency_repeats)
     runs = [r for r in cfg.runs if not cfg.only or r.name in cfg.only]
     for spec in runs:
         print(f"[bench bc] {spec.name}")
@@ -106,9 +109,55 @@ def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
     }
 
 
+def backbone_speed(steps: int, repeats: int) -> dict[str, Any]:
+    """Training samples/s (batch 256) and chunk latency (batch 1) of every policy type and
+    backbone at the shipped CPU sizes, on Lift's observation and action shapes. Speed does not
+    depend on the weights, so no training to convergence is needed to measure it."""
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.policies import PolicyConfig, PolicyShapes, make_policy
+
+    shapes = PolicyShapes(
+        obs={"object": [10], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]},
+        action_dim=4,
+        control_hz=20.0,
+    )
+    data = {key: torch.randn(512, dims[0]) for key, dims in shapes.obs.items()}
+    normalizer = Normalizer.fit({**data, "actions": torch.rand(512, 4) * 2 - 1})
+    out = {}
+    for policy_type in ("diffusion", "flow"):
+        for backbone in ("unet", "mlp"):
+            torch.manual_seed(0)
+            policy = make_policy(
+                PolicyConfig(type=policy_type, backbone=backbone), shapes, normalizer
+            )
+            batch = {
+                "obs": {k: torch.randn(256, 2, v[0]) for k, v in shapes.obs.items()},
+                "actions": torch.rand(256, 16, 4) * 2 - 1,
+            }
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+            policy.train()
+            times = []
+            for i in range(steps + 2):
+                start = time.perf_counter()
+                loss = policy.compute_loss(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+            out[f"{policy_type}-{backbone}"] = {
+                "samples_per_s": 256 / float(np.median(times)),
+                **_chunk_latency(policy.eval(), repeats),
+            }
+    return out
+
+
 def _latency(checkpoint: str, repeats: int) -> dict[str, Any]:
+    return _chunk_latency(load_policy(checkpoint), repeats)
+
+
+def _chunk_latency(policy, repeats: int) -> dict[str, Any]:
     """Time of one chunk (batch 1) on this machine, and its network evaluations."""
-    policy = load_policy(checkpoint)
     obs = {}
     for key, shape in policy.shapes.obs.items():
         full = (1, policy.obs_horizon, *shape)
@@ -185,6 +234,16 @@ def _report(results: dict[str, Any]) -> str:
         "NFE",
         "params",
     ]
+    speed_rows = [
+        [
+            name,
+            f"{v['samples_per_s']:.0f}",
+            f"{v['latency_ms_p50']:.1f} / {v['latency_ms_p95']:.1f}",
+            v["network_evals_per_chunk"],
+            f"{v['parameters'] / 1e6:.2f}M",
+        ]
+        for name, v in results.get("speed", {}).items()
+    ]
     return "\n".join(
         [
             "# Benchmark: bc",
@@ -196,6 +255,12 @@ def _report(results: dict[str, Any]) -> str:
             markdown_table(headers, rows),
             "",
             "![bc](bc.png)",
+            "",
+            "## Speed per backbone (Lift shapes, shipped CPU sizes, batch 256 / batch 1)",
+            "",
+            markdown_table(
+                ["policy", "train samples/s", "chunk ms p50/p95", "NFE", "params"], speed_rows
+            ),
             "",
         ]
     )
