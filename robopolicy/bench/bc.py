@@ -91,7 +91,7 @@ def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
     summary = result["eval"]
     return {
         "train_config": spec.train_config,
-        "overrides": spec.overrides,
+        "overrides": list(spec.overrides),
         "dataset": train_cfg.task.dataset,
         "obs_type": train_cfg.task.env_kwargs.get("obs_type", "state"),
         "policy": f"{train_cfg.policy.type}-{train_cfg.policy.backbone}",
