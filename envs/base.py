@@ -39,6 +39,9 @@ class MujocoTaskEnv(gym.Env):
     cameras: ClassVar[tuple[str, ...]]
     control_hz: ClassVar[float]
     action_dim: ClassVar[int]
+    # Action dimensions that are open/close commands (-1 / +1), not positions: executors
+    # threshold them, and RTI keeps them from locking its warm start.
+    discrete_action_dims: ClassVar[tuple[int, ...]] = ()
     expert_class: ClassVar[str]  # "module:Class" of the task's scripted expert
 
     def __init__(

@@ -20,6 +20,7 @@ class GripperTaskEnv(MujocoTaskEnv):
     cameras: ClassVar[tuple[str, ...]] = ("agentview", "robot0_eye_in_hand")
     control_hz: ClassVar[float] = 20.0
     action_dim: ClassVar[int] = 4
+    discrete_action_dims: ClassVar[tuple[int, ...]] = (3,)  # the gripper
 
     MAX_DELTA = 0.01  # metres per control step at |action| = 1
     FINGER_TRAVEL = 0.045  # finger joint position when fully closed on nothing

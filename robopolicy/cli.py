@@ -4,6 +4,7 @@ Commands:
   collect CONFIG   run a scripted expert and write robomimic-format HDF5 demonstrations
   train CONFIG     train a BC policy (diffusion or flow); checkpoints, logs, final eval
   eval TARGET      evaluate a checkpoint (or an eval config) on seeded episodes; eval.json, video
+  rti-tune CKPT    choose RTI's K' (denoising steps per action) for a checkpoint by success
   bench SUITE      run a benchmark suite; write results.json, a Markdown report and plots
 """
 
@@ -20,6 +21,9 @@ EPILOG = """examples:
   robopolicy train configs/train/lift_diffusion.yaml optim.steps=2000
   robopolicy eval runs/lift_diffusion/<time> n_episodes=100
   robopolicy eval configs/eval/lift_expert.yaml n_episodes=100 noise=0.6
+  robopolicy eval RUN execution.mode=rti execution.sampler=ddpm \
+      execution.num_inference_steps=100 execution.rti_start_step=3
+  robopolicy rti-tune RUN candidates=[1,2,3,5]
   torchrun --nproc_per_node 2 -m robopolicy train configs/train/lift_diffusion.yaml
   robopolicy bench sim
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
@@ -62,6 +66,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(summary_line(summary) + f" -> {summary['out_dir']}/eval.json")
 
 
+def _cmd_rti_tune(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.sim.rti_tune import RTITuneConfig, run_rti_tune, summary_lines
+
+    cfg = load_config(None, RTITuneConfig, [f"checkpoint={args.config}", *args.overrides])
+    print("\n".join(summary_lines(run_rti_tune(cfg))))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from robopolicy.bench import run_suite
 
@@ -86,13 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
             "evaluate a checkpoint or an eval config: success with a Wilson interval, video",
             "checkpoint or config",
         ),
+        (
+            "rti-tune",
+            _cmd_rti_tune,
+            "choose RTI's K' for a checkpoint: success of each K' against the full chain",
+            "checkpoint",
+        ),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
     p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
-    p.add_argument("suite", help="suite name: sim, bc")
+    p.add_argument("suite", help="suite name: sim, bc, rti")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
     return parser
@@ -113,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetError,
         FileNotFoundError,
         TrainingDivergedError,
+        ValueError,
     ) as err:
         print(f"robopolicy {args.command}: error: {err}", file=sys.stderr)
         return 2

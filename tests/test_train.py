@@ -73,7 +73,15 @@ def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path) -> None
     # The CLI evaluates a run directory (its last checkpoint) on the task it was trained on.
     assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0"]) == 0
     saved = json.loads((tmp_path / "eval-0000020" / "eval.json").read_text())
-    assert saved["env_id"] == "robopolicy/Lift-v0" and saved["agent"] == "diffusion-unet"
+    assert saved["env_id"] == "robopolicy/Lift-v0"
+    assert saved["agent"] == "diffusion-unet ddim-4 chunked(4)"
+    # ... and runs it with RTI: the trained DDPM chain, re-planned every step from K' = 2.
+    rti = ["execution.mode=rti", "execution.sampler=ddpm", "execution.num_inference_steps=20"]
+    rti_dir = tmp_path / "eval-rti"
+    overrides = [*rti, "execution.rti_start_step=2", f"out_dir={rti_dir}"]
+    assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0", *overrides]) == 0
+    saved = json.loads((rti_dir / "eval.json").read_text())
+    assert saved["agent"] == "diffusion-unet ddpm-20 rti(K'=2)"
 
 
 def test_resume_is_exact(lift_demos, tmp_path, monkeypatch) -> None:
@@ -155,3 +163,52 @@ def test_ddp_two_processes_agree(lift_demos, tmp_path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     ddp = [r for r in rows if "ddp/max_weight_diff" in r]
     assert ddp and ddp[-1]["ddp/max_weight_diff"] == 0.0 and ddp[-1]["ddp/world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run(lift_demos, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    train_bc(_config(lift_demos, run_dir, "optim.steps=10", "loop.save_every=10"))
+    return run_dir
+
+
+def test_rti_tune_measures_each_k_and_writes_its_choice(tiny_run, capsys) -> None:
+    args = ["candidates=[1,2]", "n_episodes=2", "num_envs=2", "latency_episodes=1"]
+    assert main(["rti-tune", str(tiny_run), *args, "num_inference_steps=20"]) == 0
+    result = json.loads((tiny_run / "rti-tune.json").read_text())
+    assert list(result["rows"]) == ["reference", "rti_k1", "rti_k2"]
+    # K' per action, plus one full chain at each episode start.
+    assert 2 < result["rows"]["rti_k2"]["network_evaluations_per_action"] < 2.5
+    assert result["rows"]["reference"]["network_evaluations_per_action"] == 20
+    assert result["chosen_start_step"] in (1, 2, None)
+    assert "chosen K'" in capsys.readouterr().out or result["chosen_start_step"] is None
+    assert main(["rti-tune", str(tiny_run), "candidates=[30]"]) == 2  # beyond the chain
+
+
+def test_bench_rti_writes_a_report(tiny_run, tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from robopolicy.bench import rti
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(rti.Config),
+        {
+            "tasks": [{"name": "lift", "checkpoint": str(tiny_run)}],
+            "schemes": {
+                "full": {"mode": "chunked", "action_horizon": 1},
+                "rti_k1": {"mode": "rti", "rti_start_step": 1},
+                "ensemble": {"mode": "ensemble"},
+            },
+            "reference": "full",
+            "eval_episodes": 2,
+            "num_envs": 2,
+            "latency_episodes": 1,
+            "out_root": str(tmp_path),
+        },
+    )
+    results = rti.run(cfg)
+    rows = results["tasks"]["lift"]["rows"]
+    assert rows["full"]["network_evaluations_per_action"] == 4  # DDIM-4, every step
+    assert rows["rti_k1"]["network_evaluations_per_action"] < 4
+    (out,) = (tmp_path / "rti").iterdir()
+    assert {"results.json", "report.md", "rti.png"} <= {p.name for p in out.iterdir()}

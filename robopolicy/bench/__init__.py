@@ -10,7 +10,11 @@ import importlib
 
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config
 
-SUITES = {"sim": "robopolicy.bench.sim", "bc": "robopolicy.bench.bc"}
+SUITES = {
+    "sim": "robopolicy.bench.sim",
+    "bc": "robopolicy.bench.bc",
+    "rti": "robopolicy.bench.rti",
+}
 
 
 def run_suite(name: str, overrides: list[str] | None = None) -> dict:

@@ -170,11 +170,10 @@ def _chunk_latency(policy, repeats: int) -> dict[str, Any]:
         policy.predict_chunk(obs)
         if i >= 3:  # warm-up calls excluded
             times.append(1e3 * (time.perf_counter() - start))
-    per_step = 2 if policy.cfg.type == "flow" and policy.cfg.integrator == "midpoint" else 1
     return {
         "latency_ms_p50": float(np.percentile(times, 50)),
         "latency_ms_p95": float(np.percentile(times, 95)),
-        "network_evals_per_chunk": policy.num_inference_steps * per_step,
+        "network_evals_per_chunk": policy.network_evaluations(),
         "parameters": sum(p.numel() for p in policy.parameters()),
     }
 

@@ -10,6 +10,9 @@ deployment) relies on, and nothing more.
   steps only (RTI).
 - ``compute_loss(batch)``: the training loss of one batch from ``SequenceWindows``.
 - ``select_action(obs)`` -> (B, A) with an internal action queue; ``reset()`` clears it.
+- ``set_sampler(sampler=None, num_inference_steps=None)`` switches the inference sampler
+  without touching the weights (RTI runs the trained DDPM chain; chunked execution DDIM-10);
+  ``network_evaluations(start_step=None)`` says what one ``predict_chunk`` call costs.
 - Attributes ``obs_horizon``, ``pred_horizon``, ``action_horizon``, ``action_dim``,
   ``num_inference_steps``.
 """
@@ -113,6 +116,21 @@ class BasePolicy(nn.Module):
         return self.obs_encoder(normalized)
 
     # ---- the API ---------------------------------------------------------------------------
+    def set_sampler(
+        self, sampler: str | None = None, num_inference_steps: int | None = None
+    ) -> None:
+        """Change how chunks are sampled (not how they were trained); None keeps a setting."""
+        if sampler is not None:
+            self.cfg.sampler = sampler
+        if num_inference_steps is not None:
+            self.cfg.num_inference_steps = num_inference_steps
+        validate_policy_config(self.cfg)
+        self.num_inference_steps = self.cfg.num_inference_steps
+
+    def network_evaluations(self, start_step: int | None = None) -> int:
+        """Denoiser forward passes of one ``predict_chunk`` call (per batch row)."""
+        return start_step or self.num_inference_steps
+
     def forward(self, batch: dict) -> Tensor:
         """The training loss, so that DistributedDataParallel can wrap the policy."""
         return self.compute_loss(batch)

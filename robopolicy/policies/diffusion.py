@@ -29,8 +29,17 @@ class DiffusionPolicy(BasePolicy):
             clip_sample=True,
             prediction_type=cfg.prediction_type,
         )
-        sampler_type = DDIMScheduler if cfg.sampler == "ddim" else DDPMScheduler
-        self.sampler = sampler_type.from_config(self.train_scheduler.config)
+        self.sampler = self._make_sampler()
+
+    def _make_sampler(self) -> DDIMScheduler | DDPMScheduler:
+        sampler_type = DDIMScheduler if self.cfg.sampler == "ddim" else DDPMScheduler
+        return sampler_type.from_config(self.train_scheduler.config)
+
+    def set_sampler(
+        self, sampler: str | None = None, num_inference_steps: int | None = None
+    ) -> None:
+        super().set_sampler(sampler, num_inference_steps)
+        self.sampler = self._make_sampler()
 
     def compute_loss(self, batch: dict) -> Tensor:
         cond = self.encode_obs(batch["obs"])

@@ -21,6 +21,10 @@ class FlowPolicy(BasePolicy):
     def velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return self.denoiser(x, t * TIME_SCALE, cond)
 
+    def network_evaluations(self, start_step: int | None = None) -> int:
+        steps = start_step or self.num_inference_steps
+        return 2 * steps if self.cfg.integrator == "midpoint" else steps
+
     def compute_loss(self, batch: dict) -> Tensor:
         cond = self.encode_obs(batch["obs"])
         actions = self.normalizer.normalize("actions", batch["actions"])

@@ -26,6 +26,9 @@ class Agent(Protocol):
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         """Actions (num_envs, action_dim) for the current observation batch."""
 
+    def metrics(self) -> dict[str, float]:
+        """Agent-specific figures for the eval summary (e.g. network evaluations per action)."""
+
 
 class ExpertAgent:
     """The task's scripted expert, with its noise knob."""
@@ -43,23 +46,31 @@ class ExpertAgent:
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         return np.stack(envs.call("expert_action")).astype(np.float32)
 
+    def metrics(self) -> dict[str, float]:
+        return {}
+
 
 class PolicyAgent:
     """A BC policy (any ``BasePolicy``) acting on a vector env's observation batch.
 
-    Each sub-env keeps its own observation history and action queue (``ChunkExecutor``), so
-    its episodes start and end independently of the others.
+    Each sub-env keeps its own observation history and plan (see ``robopolicy.inference``), so
+    its episodes start and end independently of the others. ``execution`` picks chunked
+    execution, temporal ensembling or RTI.
     """
 
-    def __init__(self, policy, name: str = "policy") -> None:
+    def __init__(self, policy, name: str = "policy", execution=None) -> None:
+        from robopolicy.inference.execution import ExecutionConfig
+
         self.policy = policy.eval()
         self.name = name
+        self.execution = execution if execution is not None else ExecutionConfig()
         self.executor = None
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:
-        from robopolicy.inference.chunking import ChunkExecutor
+        from robopolicy.inference.execution import make_executor
 
-        self.executor = ChunkExecutor(self.policy, envs.num_envs)
+        discrete_dims = envs.get_attr("discrete_action_dims")[0]
+        self.executor = make_executor(self.policy, envs.num_envs, self.execution, discrete_dims)
 
     def reset(self, env_mask: np.ndarray) -> None:
         self.executor.reset(env_mask)
@@ -74,3 +85,6 @@ class PolicyAgent:
             if key in self.policy.shapes.obs
         }
         return self.executor.act(batch).cpu().numpy().astype(np.float32)
+
+    def metrics(self) -> dict[str, float]:
+        return {"network_evaluations_per_action": self.executor.evaluations_per_action}

@@ -7,15 +7,16 @@ length, time per action) and an mp4 of the first episodes, and returns the summa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from robopolicy.config import ConfigError
+from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_json
+from robopolicy.inference.execution import ExecutionConfig, describe
 from robopolicy.sim.agents import Agent, ExpertAgent, PolicyAgent
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
 from robopolicy.sim.stats import wilson_interval
@@ -75,6 +76,7 @@ def evaluate(
         "mean_episode_length": float(np.mean([r.length for r in records])),
         "time_per_action_ms": 1e3 * timing.agent_seconds / max(timing.actions, 1),
         "env_step_ms": 1e3 * timing.env_seconds / max(timing.actions, 1),
+        **agent.metrics(),
         "wall_seconds": wall,
         "per_episode": [
             {"seed": r.seed, "success": r.success, "return": r.episode_return, "length": r.length}
@@ -120,6 +122,7 @@ class EvalConfig:
     video_episodes: int = 2
     out_dir: str | None = None
     device: str = "cpu"
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
@@ -132,7 +135,12 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         env_id = env_id or task.get("env_id")
         env_kwargs = env_kwargs if env_kwargs is not None else task.get("env_kwargs")
         policy = load_policy(path, device=cfg.device)
-        agent = PolicyAgent(policy, name=f"{policy.cfg.type}-{policy.cfg.backbone}")
+        execution = ExecutionConfig(**to_dict(cfg.execution))
+        agent = PolicyAgent(
+            policy,
+            name=f"{policy.cfg.type}-{policy.cfg.backbone} {describe(execution, policy)}",
+            execution=execution,
+        )
         out_dir = out_dir or str(path.parent.parent / f"eval-{read_meta(path)['step']:07d}")
     elif cfg.agent == "expert":
         agent = ExpertAgent(cfg.noise)
