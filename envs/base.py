@@ -42,6 +42,7 @@ class MujocoTaskEnv(gym.Env):
     # Action dimensions that are open/close commands (-1 / +1), not positions: executors
     # threshold them, and RTI keeps them from locking its warm start.
     discrete_action_dims: ClassVar[tuple[int, ...]] = ()
+    action_meaning: ClassVar[tuple[str, ...]]  # one line per action dim, for deployment
     expert_class: ClassVar[str]  # "module:Class" of the task's scripted expert
 
     def __init__(

@@ -21,6 +21,12 @@ class GripperTaskEnv(MujocoTaskEnv):
     control_hz: ClassVar[float] = 20.0
     action_dim: ClassVar[int] = 4
     discrete_action_dims: ClassVar[tuple[int, ...]] = (3,)  # the gripper
+    action_meaning: ClassVar[tuple[str, ...]] = (
+        "end-effector dx, x 0.01 m",
+        "end-effector dy, x 0.01 m",
+        "end-effector dz, x 0.01 m",
+        "gripper: -1 open, +1 closed",
+    )
 
     MAX_DELTA = 0.01  # metres per control step at |action| = 1
     FINGER_TRAVEL = 0.045  # finger joint position when fully closed on nothing

@@ -52,6 +52,10 @@ class PushTEnv(MujocoTaskEnv):
     cameras: ClassVar[tuple[str, ...]] = ("agentview",)
     control_hz: ClassVar[float] = 10.0
     action_dim: ClassVar[int] = 2
+    action_meaning: ClassVar[tuple[str, ...]] = (
+        "pusher target x, x 0.25 m from the table centre",
+        "pusher target y, x 0.25 m from the table centre",
+    )
 
     WORKSPACE = 0.25  # action ±1 -> ±0.25 m, the actuators' control range
     GOAL = np.array([0.0, 0.0, np.pi / 4])  # Diffusion Policy's: table centre, 45 degrees

@@ -5,6 +5,8 @@ Commands:
   train CONFIG     train a BC policy (diffusion or flow); checkpoints, logs, final eval
   eval TARGET      evaluate a checkpoint (or an eval config) on seeded episodes; eval.json, video
   rti-tune CKPT    choose RTI's K' (denoising steps per action) for a checkpoint by success
+  export CKPT OUT  write a deployable directory: checkpoint, deploy.json, policy.onnx
+  serve CKPT       serve a checkpoint to robot controllers (websocket + msgpack, 127.0.0.1)
   bench SUITE      run a benchmark suite; write results.json, a Markdown report and plots
 """
 
@@ -25,6 +27,9 @@ EPILOG = """examples:
       execution.num_inference_steps=100 execution.rti_start_step=3
   robopolicy rti-tune RUN candidates=[1,2,3,5]
   torchrun --nproc_per_node 2 -m robopolicy train configs/train/lift_diffusion.yaml
+  robopolicy export runs/lift_diffusion_mlp/<time> exports/lift
+  robopolicy serve exports/lift port=8765 execution.mode=rti execution.sampler=ddpm \
+      execution.num_inference_steps=100 execution.rti_start_step=3
   robopolicy bench sim
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
 
@@ -74,6 +79,22 @@ def _cmd_rti_tune(args: argparse.Namespace) -> None:
     print("\n".join(summary_lines(run_rti_tune(cfg))))
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from robopolicy.deploy.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, onnx=not args.no_onnx)
+    onnx = result.get("onnx")
+    check = f"; ONNX matches torch to {onnx['max_abs_diff']:.1e}" if onnx else ""
+    print(f"exported {result['source']} -> {result['out']}{check}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.deploy.server import ServeConfig, run_server
+
+    run_server(load_config(None, ServeConfig, [f"checkpoint={args.config}", *args.overrides]))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from robopolicy.bench import run_suite
 
@@ -109,8 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint to robot controllers over websockets (msgpack, no pickle)",
+        description="serve a checkpoint to robot controllers over websockets (msgpack, no "
+        "pickle); settings are key=value overrides: host (127.0.0.1), port (8765), api_key, "
+        "device, num_threads, max_message_bytes, execution.* (mode chunked|ensemble|rti, ...)",
+    )
+    p.add_argument("config", metavar="CHECKPOINT", help="a checkpoint, run or export directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. port=9000")
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint for deployment (deploy.json metadata + ONNX)",
+        description="copy a checkpoint into OUT with deploy.json (observation keys and shapes, "
+        "action meaning, horizons, control Hz) and policy.onnx (observations + noise -> chunk, "
+        "normaliser included), checked against torch with onnxruntime",
+    )
+    p.add_argument("checkpoint", help="a checkpoint or run directory")
+    p.add_argument("out", help="the new export directory (must not exist)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX graph")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
-    p.add_argument("suite", help="suite name: sim, bc, rti")
+    p.add_argument("suite", help="suite name: sim, bc, rti, deploy")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
     return parser
@@ -129,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointError,
         ConfigError,
         DatasetError,
+        FileExistsError,
         FileNotFoundError,
         TrainingDivergedError,
         ValueError,

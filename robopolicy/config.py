@@ -9,7 +9,7 @@ of the wrong type is an error that names the key and the file. No ``eval`` resol
 
 from __future__ import annotations
 
-from dataclasses import is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,9 @@ def to_yaml(cfg: Any) -> str:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """An OmegaConf node or a plain dataclass instance as a plain dict."""
+    if not OmegaConf.is_config(cfg) and is_dataclass(cfg):
+        return asdict(cfg)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 

@@ -14,6 +14,7 @@ SUITES = {
     "sim": "robopolicy.bench.sim",
     "bc": "robopolicy.bench.bc",
     "rti": "robopolicy.bench.rti",
+    "deploy": "robopolicy.bench.deploy",
 }
 
 

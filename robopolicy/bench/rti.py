@@ -19,12 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.bench.training import train_checkpoint
 from robopolicy.inference.execution import ExecutionConfig
-from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.sim.schemes import compare_schemes
-from robopolicy.training.bc import train_bc
-from robopolicy.training.config import TrainConfig
 
 
 @dataclass
@@ -52,7 +49,9 @@ def run(cfg: Config) -> dict[str, Any]:
     out = new_run_dir(cfg.out_root, "rti")
     results: dict[str, Any] = {"suite": "rti", "machine": machine_info(), "tasks": {}}
     for task in cfg.tasks:
-        checkpoint = task.checkpoint or _train(task, out)
+        checkpoint = task.checkpoint or train_checkpoint(
+            task.name, task.train_config, task.collect_config, out / task.name
+        )
         print(f"[bench rti] {task.name}: {checkpoint}")
         rows = compare_schemes(
             checkpoint,
@@ -73,30 +72,6 @@ def run(cfg: Config) -> dict[str, Any]:
                 f"p50 {r['latency_ms_p50']:.2f} ms"
             )
     return results
-
-
-def _train(task: RTITask, out: Path) -> str:
-    if task.train_config is None:
-        raise ValueError(f"bench rti: task {task.name!r} needs a checkpoint or a train_config")
-    train_cfg = load_config(
-        CONFIG_DIR / task.train_config,
-        TrainConfig,
-        [f"run_dir={out / task.name}", "loop.final_eval_episodes=0"],
-    )
-    if not Path(train_cfg.task.dataset).exists():
-        if task.collect_config is None:
-            raise ValueError(
-                f"bench rti: dataset {train_cfg.task.dataset} is missing and task "
-                f"{task.name!r} has no collect_config"
-            )
-        collect(
-            load_config(
-                CONFIG_DIR / task.collect_config,
-                CollectConfig,
-                [f"output={train_cfg.task.dataset}"],
-            )
-        )
-    return train_bc(train_cfg)["checkpoint"]
 
 
 def _plot(results: dict[str, Any], out: Path) -> None:

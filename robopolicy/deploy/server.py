@@ -1,0 +1,196 @@
+"""``robopolicy serve CHECKPOINT``: a websocket policy server speaking msgpack (no pickle).
+
+Protocol (every frame a msgpack map, arrays as in ``deploy.codec``):
+
+    server -> client on connect   {"type": "metadata", ...deploy metadata, "execution": {...}}
+    {"type": "chunk", "obs": {key: (T_obs, ...)}}  ->  {"type": "chunk", "actions": (N, A),
+                                                        "server_ms": float}
+        stateless: the client sends its observation history; ``actions`` are the chunk from the
+        newest observation on (N = pred_horizon - obs_horizon + 1; execute ``action_horizon``)
+    {"type": "act", "obs": {key: (...)}}            ->  {"type": "action", "action": (A,),
+                                                        "server_ms": float}
+        stateful: the server keeps this connection's history and plan and runs the configured
+        execution scheme (chunked, temporal ensembling or RTI); one request per control step
+    {"type": "reset"}                               ->  {"type": "reset"}     (new episode)
+    {"type": "ping"}                                ->  {"type": "pong"}
+    anything wrong                                  ->  {"type": "error", "message": "..."}
+
+HTTP ``GET /healthz`` answers 200 without a websocket. With an API key, the handshake must
+carry ``Authorization: Bearer <key>`` (401 otherwise). A bad message gets an error reply and
+the connection stays open; a client that vanishes mid-request only ends its own connection.
+Inference is serialised by a lock and runs in a worker thread, so the event loop keeps
+answering health checks and other clients' bad messages while the policy computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from websockets.asyncio.server import Request, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from robopolicy.checkpoint import load_policy, resolve_checkpoint
+from robopolicy.config import to_dict
+from robopolicy.deploy.codec import MAX_MESSAGE_BYTES, ProtocolError, pack, unpack
+from robopolicy.deploy.export import deploy_metadata
+from robopolicy.inference.execution import ExecutionConfig, make_executor
+from robopolicy.inference.executor import threshold_discrete
+
+
+@dataclass
+class ServeConfig:
+    checkpoint: str = ""
+    host: str = "127.0.0.1"  # loopback only unless asked otherwise
+    port: int = 8765
+    api_key: str | None = None
+    device: str = "cpu"
+    num_threads: int = 0  # torch threads (0: torch's default)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+class PolicyServer:
+    def __init__(self, cfg: ServeConfig) -> None:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        path = resolve_checkpoint(cfg.checkpoint)
+        self.cfg = cfg
+        self.policy = load_policy(path, device=cfg.device)
+        self.execution = ExecutionConfig(**to_dict(cfg.execution))
+        make_executor(self.policy, 1, self.execution)  # sets the sampler; checks the settings
+        self.metadata = {
+            **deploy_metadata(path),
+            "execution": asdict(self.execution),
+            "num_inference_steps": self.policy.num_inference_steps,
+        }
+        self.discrete_dims = list(self.metadata["discrete_action_dims"])
+        self._lock = asyncio.Lock()
+        self.requests_served = 0
+        self.errors = 0
+
+    # ---- validation ------------------------------------------------------------------------
+    def _observation(self, message: dict[str, Any], with_time: bool) -> dict[str, torch.Tensor]:
+        obs = message.get("obs")
+        if not isinstance(obs, dict):
+            raise ProtocolError("'obs' must be a map of observation key -> array")
+        spec = self.metadata["observations"]
+        missing, unknown = sorted(set(spec) - set(obs)), sorted(set(obs) - set(spec))
+        if missing or unknown:
+            raise ProtocolError(
+                f"observation keys: missing {missing}, unexpected {unknown}; "
+                f"expected {sorted(spec)}"
+            )
+        out = {}
+        for key, value in obs.items():
+            expected = ([self.policy.obs_horizon] if with_time else []) + spec[key]["shape"]
+            if not isinstance(value, np.ndarray) or list(value.shape) != expected:
+                got = list(value.shape) if isinstance(value, np.ndarray) else type(value).__name__
+                raise ProtocolError(f"observation {key!r}: expected shape {expected}, got {got}")
+            image = len(spec[key]["shape"]) == 3
+            if image and value.dtype != np.uint8:
+                raise ProtocolError(f"observation {key!r}: images must be uint8, got {value.dtype}")
+            if not image and value.dtype.kind not in "fiu":
+                raise ProtocolError(f"observation {key!r}: expected numbers, got {value.dtype}")
+            if not image and not np.isfinite(value).all():
+                raise ProtocolError(f"observation {key!r} contains NaN or inf")
+            tensor = torch.from_numpy(value if image else value.astype(np.float32))
+            out[key] = tensor.unsqueeze(0).to(self.policy.device)
+        return out
+
+    # ---- inference -------------------------------------------------------------------------
+    def _chunk(self, obs: dict[str, torch.Tensor]) -> np.ndarray:
+        chunk = self.policy.predict_chunk(obs)[0, self.policy.obs_horizon - 1 :]
+        return threshold_discrete(chunk, self.discrete_dims).cpu().numpy()
+
+    async def _infer(self, function, *args) -> tuple[Any, float]:
+        async with self._lock:
+            start = time.perf_counter()
+            result = await asyncio.to_thread(function, *args)
+            return result, 1e3 * (time.perf_counter() - start)
+
+    async def _reply(self, message: dict[str, Any], executor) -> dict[str, Any]:
+        kind = message.get("type")
+        if kind == "chunk":
+            actions, ms = await self._infer(self._chunk, self._observation(message, True))
+            return {"type": "chunk", "actions": actions, "server_ms": ms}
+        if kind == "act":
+            obs = self._observation(message, False)
+            action, ms = await self._infer(executor.act, obs)
+            return {"type": "action", "action": action[0].cpu().numpy(), "server_ms": ms}
+        if kind == "reset":
+            executor.reset()
+            return {"type": "reset"}
+        if kind == "ping":
+            return {"type": "pong"}
+        raise ProtocolError(f"unknown message type {kind!r}; expected chunk, act, reset or ping")
+
+    # ---- connections -----------------------------------------------------------------------
+    async def _handle(self, connection: ServerConnection) -> None:
+        executor = make_executor(self.policy, 1, self.execution, self.discrete_dims)
+        try:
+            await connection.send(pack({"type": "metadata", **self.metadata}))
+            async for payload in connection:
+                try:
+                    reply = await self._reply(unpack(payload), executor)
+                    self.requests_served += 1
+                except ProtocolError as err:
+                    self.errors += 1
+                    reply = {"type": "error", "message": str(err)}
+                await connection.send(pack(reply))
+        except ConnectionClosed:
+            pass  # the client left, possibly mid-request: nothing else is affected
+
+    def _process_request(self, connection: ServerConnection, request: Request):
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if self.cfg.api_key is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given, f"Bearer {self.cfg.api_key}"):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong key\n")
+        return None
+
+    async def serve_forever(self, ready: threading.Event | None = None) -> None:
+        async with serve(
+            self._handle,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_message_bytes,
+            compression=None,  # float arrays barely compress; deflate would only add latency
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            if ready is not None:
+                ready.set()
+            await asyncio.get_running_loop().create_future()  # until cancelled
+
+    def start_background(self) -> int:
+        """Serve from a daemon thread (tests, notebooks); returns the bound port."""
+        ready = threading.Event()
+        thread = threading.Thread(target=lambda: asyncio.run(self.serve_forever(ready)))
+        thread.daemon = True
+        thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("policy server did not start within 30 s")
+        return self.port
+
+
+def run_server(cfg: ServeConfig) -> None:
+    server = PolicyServer(cfg)
+    meta = server.metadata
+    print(
+        f"serving {meta['policy_type']}-{meta['backbone']} for {meta['env_id']} "
+        f"({meta['control_hz']:g} Hz) on ws://{cfg.host}:{cfg.port} "
+        f"{'(API key required)' if cfg.api_key else ''}",
+        flush=True,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())

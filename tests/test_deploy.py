@@ -1,0 +1,220 @@
+"""Deployment: wire format, export + ONNX parity, the policy server and its bad inputs, the
+fixed-rate control loop (late actions dropped, missed deadlines counted)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from robopolicy.checkpoint import save_checkpoint
+from robopolicy.data.normalizer import Normalizer
+from robopolicy.deploy.client import PolicyClient, ServerError
+from robopolicy.deploy.codec import ProtocolError, pack, unpack
+from robopolicy.deploy.controller import ControlLoop, SimController
+from robopolicy.deploy.export import export_checkpoint
+from robopolicy.deploy.server import PolicyServer, ServeConfig
+from robopolicy.policies import PolicyConfig, PolicyShapes, make_policy
+
+LIFT_OBS = {"object": [10], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]}
+TINY = dict(
+    obs_horizon=2,
+    pred_horizon=8,
+    action_horizon=4,
+    num_inference_steps=4,
+    num_train_timesteps=20,
+    down_dims=[16, 32],
+    mlp_hidden_dim=32,
+    mlp_num_layers=2,
+    time_embed_dim=16,
+    image_feature_dim=8,
+)
+
+
+def lift_checkpoint(path, policy_type="diffusion", backbone="mlp", image_size=0):
+    """An untrained Lift checkpoint with the real task's shapes (state, or both cameras)."""
+    torch.manual_seed(0)
+    obs = dict(LIFT_OBS)
+    env_kwargs = {"obs_type": "state"}
+    if image_size:
+        obs["agentview_image"] = [image_size, image_size, 3]
+        env_kwargs = {"obs_type": "both", "image_size": image_size}
+    shapes = PolicyShapes(obs=obs, action_dim=4, control_hz=20.0)
+    cfg = PolicyConfig(type=policy_type, backbone=backbone, **TINY)
+    stats = {k: torch.randn(50, v[0]) for k, v in LIFT_OBS.items()}
+    normalizer = Normalizer.fit({**stats, "actions": torch.rand(50, 4) * 2 - 1})
+    policy = make_policy(cfg, shapes, normalizer)
+    config = {
+        "policy": cfg.__dict__,
+        "shapes": shapes.__dict__,
+        "task": {"env_id": "robopolicy/Lift-v0", "env_kwargs": env_kwargs},
+    }
+    save_checkpoint(path / "checkpoints" / "0000001", policy.state_dict(), config, step=1)
+    return path
+
+
+def test_codec_round_trips_arrays_and_refuses_objects() -> None:
+    message = {"obs": {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, "n": np.int64(3)}
+    decoded = unpack(pack(message))
+    np.testing.assert_array_equal(decoded["obs"]["x"], message["obs"]["x"])
+    assert decoded["n"] == 3
+    with pytest.raises(TypeError):
+        pack({"x": np.array([object()])})
+    with pytest.raises(ProtocolError, match="malformed msgpack"):
+        unpack(b"\xc1garbage")
+    bad = msgpack.packb({"__ndarray__": "|O", "shape": [1], "data": b"\x00" * 8})
+    with pytest.raises(ProtocolError, match="not allowed"):
+        unpack(bad)
+    short = msgpack.packb({"__ndarray__": "<f4", "shape": [4], "data": b"\x00" * 8})
+    with pytest.raises(ProtocolError, match="does not match"):
+        unpack(short)
+
+
+@pytest.mark.parametrize(
+    "policy_type,backbone,image_size",
+    [
+        ("diffusion", "mlp", 0),
+        ("diffusion", "unet", 0),
+        ("flow", "unet", 0),
+        ("diffusion", "mlp", 24),  # with a camera
+    ],
+)
+def test_export_onnx_matches_torch(tmp_path, policy_type, backbone, image_size) -> None:
+    run = lift_checkpoint(tmp_path / "run", policy_type, backbone, image_size)
+    result = export_checkpoint(run, tmp_path / "export")
+    assert result["onnx"]["max_abs_diff"] < 1e-4
+    meta = json.loads((tmp_path / "export" / "deploy.json").read_text())
+    assert meta["action_dim"] == 4 and meta["discrete_action_dims"] == [3]
+    assert len(meta["action_meaning"]) == 4 and meta["control_hz"] == 20.0
+    assert meta["observations"]["robot0_eef_pos"]["shape"] == [3]
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {"policy.onnx", "model.safetensors"}
+    with pytest.raises(FileExistsError):
+        export_checkpoint(run, tmp_path / "export")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    run = lift_checkpoint(tmp_path_factory.mktemp("run"))
+    cfg = ServeConfig(checkpoint=str(run), port=0, api_key="secret", max_message_bytes=2**16)
+    server = PolicyServer(cfg)
+    return server, f"ws://127.0.0.1:{server.start_background()}"
+
+
+def lift_obs(with_time: bool = False) -> dict[str, np.ndarray]:
+    lead = (2,) if with_time else ()
+    return {k: np.zeros((*lead, *v), dtype=np.float32) for k, v in LIFT_OBS.items()}
+
+
+def test_server_answers_chunks_actions_resets_and_health(server) -> None:
+    _, url = server
+    with PolicyClient(url, api_key="secret") as client:
+        assert client.metadata["type"] == "metadata" and client.metadata["obs_horizon"] == 2
+        chunk = client.chunk(lift_obs(with_time=True))
+        assert chunk.shape == (7, 4) and set(np.unique(chunk[:, 3])) <= {-1.0, 1.0}
+        action = client.act(lift_obs())
+        assert action.shape == (4,) and client.last_server_ms > 0
+        client.reset()
+        assert client.request({"type": "ping"})["type"] == "pong"
+    health = url.replace("ws://", "http://") + "/healthz"
+    assert urllib.request.urlopen(health, timeout=5).read() == b"ok\n"
+
+
+def test_bad_messages_get_errors_and_the_server_keeps_serving(server) -> None:
+    _, url = server
+    with PolicyClient(url, api_key="secret") as client:
+        cases = [
+            ({"type": "chunk", "obs": {"object": np.zeros((2, 10))}}, "missing"),
+            ({"type": "chunk", "obs": {**lift_obs(True), "extra": np.zeros(1)}}, "unexpected"),
+            ({"type": "chunk", "obs": lift_obs(False)}, "expected shape"),
+            ({"type": "act", "obs": {**lift_obs(), "object": np.zeros(10, bool)}}, "numbers"),
+            ({"type": "act", "obs": {**lift_obs(), "object": np.full(10, np.nan)}}, "NaN"),
+            ({"type": "act", "obs": [1, 2]}, "'obs' must be a map"),
+            ({"type": "dance"}, "unknown message type"),
+        ]
+        for message, expected in cases:
+            with pytest.raises(ServerError, match=expected):
+                client.request(message)
+        with connect(url, additional_headers={"Authorization": "Bearer secret"}) as raw:
+            raw.recv(5)  # metadata
+            raw.send(b"\xc1not msgpack")
+            assert "malformed msgpack" in unpack(raw.recv(5))["message"]
+            raw.send("a text frame")
+            assert "binary" in unpack(raw.recv(5))["message"]
+            raw.send(b"\x00" * 2**17)  # over the size limit: closed with 1009, cleanly
+            with pytest.raises(ConnectionClosed):
+                raw.recv(5)
+        with connect(url, additional_headers={"Authorization": "Bearer secret"}) as leaver:
+            leaver.recv(5)
+            leaver.send(pack({"type": "chunk", "obs": lift_obs(True)}))  # and leaves at once
+        assert client.chunk(lift_obs(True)).shape == (7, 4)  # still served
+
+
+def test_wrong_api_key_is_refused(server) -> None:
+    _, url = server
+    with pytest.raises(InvalidStatus, match="401"):
+        PolicyClient(url, api_key="wrong")
+    with pytest.raises(InvalidStatus, match="401"):
+        PolicyClient(url)
+
+
+class FakeClient:
+    """Answers chunk requests [0, 1, 2, ...] after ``latency`` seconds of fake time."""
+
+    def __init__(self, clock: list[float], latency: float) -> None:
+        self.clock, self.latency = clock, latency
+        self.metadata = {"obs_horizon": 1, "action_horizon": 4}
+        self.last_rtt_ms = self.last_server_ms = 0.0
+
+    def request(self, message: dict) -> dict:
+        if message["type"] == "reset":
+            return {"type": "reset"}
+        self.clock[0] += self.latency
+        return {"type": "chunk", "actions": np.arange(7, dtype=np.float32)[:, None]}
+
+
+class FakeRobot:
+    control_hz = 10.0
+
+    def __init__(self) -> None:
+        self.sent: list[float] = []
+
+    def get_observation(self) -> dict[str, np.ndarray]:
+        return {"x": np.zeros(1)}
+
+    def send_action(self, action: np.ndarray) -> None:
+        self.sent.append(float(action[0]))
+
+
+def test_control_loop_drops_late_actions_and_counts_missed_deadlines() -> None:
+    clock = [0.0]
+    sleep = lambda seconds: clock.__setitem__(0, clock[0] + seconds)  # noqa: E731
+    robot = FakeRobot()
+    loop = ControlLoop(FakeClient(clock, latency=0.15), clock=lambda: clock[0], sleep=sleep)
+    stats = loop.run(robot, max_ticks=6, done=lambda: False)
+    # Inference takes 1.5 ticks: each chunk's first action (due at its planning tick) is late.
+    assert robot.sent == [1.0, 2.0, 3.0, 1.0]
+    assert stats.missed_deadlines == 2 and stats.late_dropped == 2 and stats.requests == 2
+    on_time = ControlLoop(FakeClient([0.0], latency=0.0), clock=lambda: 0.0, sleep=sleep)
+    robot = FakeRobot()
+    assert on_time.run(robot, max_ticks=5, done=lambda: False).missed_deadlines == 0
+    assert robot.sent == [0.0, 1.0, 2.0, 3.0, 0.0]
+
+
+def test_sim_controller_runs_an_episode_through_the_server(server) -> None:
+    _, url = server
+    sim = SimController("robopolicy/Lift-v0", {"obs_type": "state"})
+    sim.connect()
+    try:
+        sim.start_episode(seed=0)
+        with PolicyClient(url, api_key="secret") as client:
+            stats = ControlLoop(client).run(sim, max_ticks=10, done=lambda: sim.over)
+        assert sim.steps == stats.actions_sent == 10 and stats.requests == 3  # 4 actions a chunk
+        assert stats.missed_deadlines == 0
+    finally:
+        sim.disconnect()
