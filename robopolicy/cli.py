@@ -125,21 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
             "choose RTI's K' for a checkpoint: success of each K' against the full chain",
             "checkpoint",
         ),
+        (
+            "serve",
+            _cmd_serve,
+            "serve a checkpoint to robot controllers over websockets (msgpack, no pickle); "
+            "overrides: host (127.0.0.1), port (8765), api_key, device, num_threads, "
+            "max_message_bytes, execution.* (mode chunked|ensemble|rti, ...)",
+            "checkpoint",
+        ),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)
-    p = sub.add_parser(
-        "serve",
-        help="serve a checkpoint to robot controllers over websockets (msgpack, no pickle)",
-        description="serve a checkpoint to robot controllers over websockets (msgpack, no "
-        "pickle); settings are key=value overrides: host (127.0.0.1), port (8765), api_key, "
-        "device, num_threads, max_message_bytes, execution.* (mode chunked|ensemble|rti, ...)",
-    )
-    p.add_argument("config", metavar="CHECKPOINT", help="a checkpoint, run or export directory")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. port=9000")
-    p.set_defaults(func=_cmd_serve)
     p = sub.add_parser(
         "export",
         help="export a checkpoint for deployment (deploy.json metadata + ONNX)",

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from bc_fixtures import TINY as BC_TINY
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -23,18 +24,7 @@ from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.policies import PolicyConfig, PolicyShapes, make_policy
 
 LIFT_OBS = {"object": [10], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]}
-TINY = dict(
-    obs_horizon=2,
-    pred_horizon=8,
-    action_horizon=4,
-    num_inference_steps=4,
-    num_train_timesteps=20,
-    down_dims=[16, 32],
-    mlp_hidden_dim=32,
-    mlp_num_layers=2,
-    time_embed_dim=16,
-    image_feature_dim=8,
-)
+TINY = {**BC_TINY, "num_inference_steps": 4, "image_feature_dim": 8}
 
 
 def lift_checkpoint(path, policy_type="diffusion", backbone="mlp", image_size=0):
