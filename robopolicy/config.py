@@ -54,23 +54,33 @@ def load_config(path: str | Path | None, schema: type[T], overrides: list[str] |
         raise TypeError(f"schema must be a dataclass, got {schema!r}")
     path = Path(path) if path is not None else Path("<command line>")
     raw = _read_yaml(path) if str(path) != "<command line>" else OmegaConf.create()
-    try:
-        cli = OmegaConf.from_dotlist(list(overrides or []))
-    except Exception as err:
-        raise ConfigError(f"bad command-line override in {overrides}: {err}") from err
     structured = OmegaConf.structured(schema)
     try:
         merged = OmegaConf.merge(structured, raw)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {_describe(err)}") from err
-    try:
-        merged = OmegaConf.merge(merged, cli)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"command-line override: {_describe(err)}") from err
+    for override in overrides or []:
+        _apply_override(merged, override)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{path}: required keys not set: {missing}")
     return merged  # type: ignore[return-value]
+
+
+def _apply_override(cfg: Any, override: str) -> None:
+    """Set one ``key=value`` in place.
+
+    Applied key by key (not merged as a dict) so that list items can be addressed by index,
+    e.g. ``tasks.0.checkpoint=runs/x``; the value is parsed as in a YAML file.
+    """
+    key, sep, raw_value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"bad command-line override {override!r}: expected key=value")
+    try:
+        value = OmegaConf.from_dotlist([f"value={raw_value}"])["value"]
+        OmegaConf.update(cfg, key.strip(), value, merge=True)
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise ConfigError(f"command-line override {override!r}: {_describe(err)}") from err
 
 
 def to_yaml(cfg: Any) -> str:
@@ -84,7 +94,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _describe(err: OmegaConfBaseException) -> str:
+def _describe(err: Exception) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).splitlines()[0]
     return f"key {key!r}: {msg}" if key else msg

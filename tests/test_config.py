@@ -35,3 +35,17 @@ def test_missing_required_and_missing_file(tmp_path) -> None:
         load_config(path, CollectConfig)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml", CollectConfig)
+
+
+def test_override_addresses_list_items_by_index() -> None:
+    from robopolicy.bench.rti import Config as RTIBenchConfig
+
+    path = CONFIG_DIR / "bench/rti.yaml"
+    cfg = load_config(path, RTIBenchConfig, ["tasks.1.checkpoint=runs/x", "eval_episodes=7"])
+    assert cfg.tasks[1].checkpoint == "runs/x"
+    assert cfg.tasks[0].checkpoint is None
+    assert cfg.eval_episodes == 7
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.bogus"):
+        load_config(path, RTIBenchConfig, ["tasks.0.bogus=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(path, RTIBenchConfig, ["checkpoint"])

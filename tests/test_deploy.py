@@ -4,6 +4,7 @@ fixed-rate control loop (late actions dropped, missed deadlines counted)."""
 from __future__ import annotations
 
 import json
+import threading
 import urllib.request
 
 import msgpack
@@ -143,6 +144,32 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server) -> None:
             leaver.recv(5)
             leaver.send(pack({"type": "chunk", "obs": lift_obs(True)}))  # and leaves at once
         assert client.chunk(lift_obs(True)).shape == (7, 4)  # still served
+
+
+def test_concurrent_clients_and_new_connections_do_not_disturb_inference(server) -> None:
+    # A new connection once replaced the shared sampler while another request sampled with it.
+    policy_server, url = server
+    sampler, errors_before = policy_server.policy.sampler, policy_server.errors
+    failures: list[BaseException] = []
+
+    def requester() -> None:
+        try:
+            with PolicyClient(url, api_key="secret") as client:
+                for _ in range(15):
+                    assert client.chunk(lift_obs(True)).shape == (7, 4)
+                    with PolicyClient(url, api_key="secret"):  # a newcomer, mid-stream
+                        pass
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            failures.append(err)
+
+    threads = [threading.Thread(target=requester) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert policy_server.policy.sampler is sampler
+    assert policy_server.errors == errors_before
 
 
 def test_wrong_api_key_is_refused(server) -> None:

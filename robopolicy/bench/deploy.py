@@ -34,7 +34,7 @@ from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, w
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import load_policy, read_config, resolve_checkpoint
 from robopolicy.config import to_dict
-from robopolicy.deploy.client import PolicyClient
+from robopolicy.deploy.client import PolicyClient, ServerError
 from robopolicy.deploy.controller import ControlLoop, SimController
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate
@@ -205,9 +205,9 @@ def _load(url: str, env_id: str, env_kwargs: dict, cfg: Config) -> dict[str, Any
                     try:
                         client.chunk(obs)
                         latencies[i].append(client.last_rtt_ms)
-                    except Exception:  # counted, and the client goes on
+                    except ServerError:  # an error reply: counted, and the client goes on
                         errors[i] += 1
-        except Exception:
+        except Exception:  # the connection failed or was lost: counted once, client stops
             errors[i] += 1
 
     threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(cfg.load_clients)]

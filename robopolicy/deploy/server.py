@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import hmac
 import http
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,8 @@ from robopolicy.deploy.codec import MAX_MESSAGE_BYTES, ProtocolError, pack, unpa
 from robopolicy.deploy.export import deploy_metadata
 from robopolicy.inference.execution import ExecutionConfig, make_executor
 from robopolicy.inference.executor import threshold_discrete
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,7 +138,9 @@ class PolicyServer:
 
     # ---- connections -----------------------------------------------------------------------
     async def _handle(self, connection: ServerConnection) -> None:
-        executor = make_executor(self.policy, 1, self.execution, self.discrete_dims)
+        executor = make_executor(
+            self.policy, 1, self.execution, self.discrete_dims, configure_policy=False
+        )
         try:
             await connection.send(pack({"type": "metadata", **self.metadata}))
             async for payload in connection:
@@ -145,6 +150,10 @@ class PolicyServer:
                 except ProtocolError as err:
                     self.errors += 1
                     reply = {"type": "error", "message": str(err)}
+                except Exception as err:  # a bug on our side: report it, keep serving
+                    self.errors += 1
+                    log.exception("request failed")
+                    reply = {"type": "error", "message": f"internal error: {err!r}"}
                 await connection.send(pack(reply))
         except ConnectionClosed:
             pass  # the client left, possibly mid-request: nothing else is affected

@@ -36,15 +36,23 @@ class ExecutionConfig:
 
 
 def make_executor(
-    policy, batch_size: int, cfg: ExecutionConfig, discrete_dims: Sequence[int] = ()
+    policy,
+    batch_size: int,
+    cfg: ExecutionConfig,
+    discrete_dims: Sequence[int] = (),
+    configure_policy: bool = True,
 ) -> Executor:
-    """An executor for ``batch_size`` parallel episodes; sets the policy's sampler first.
+    """An executor for ``batch_size`` parallel episodes.
 
+    With ``configure_policy`` it first sets the policy's sampler from ``cfg``. A server that
+    shares one policy between connections configures it once and passes False afterwards:
+    replacing the sampler while another thread samples with it would break that request.
     ``discrete_dims`` (usually the env's) applies unless ``cfg.discrete_dims`` is set.
     """
     if cfg.mode not in MODES:
         raise ValueError(f"execution.mode {cfg.mode!r} not in {MODES}")
-    policy.set_sampler(cfg.sampler, cfg.num_inference_steps)
+    if configure_policy:
+        policy.set_sampler(cfg.sampler, cfg.num_inference_steps)
     dims = list(cfg.discrete_dims) if cfg.discrete_dims is not None else list(discrete_dims)
     if cfg.mode == "chunked":
         return ChunkExecutor(policy, batch_size, dims, cfg.action_horizon)
