@@ -111,6 +111,19 @@ def test_rti_executor_warm_starts_every_step_and_resets_per_episode() -> None:
     torch.testing.assert_close(warm_kwargs["warm_start"], shift_warm_start(chunk1[1:], [1], 0.1))
 
 
+def test_rti_cold_start_uses_a_short_ddim_chain_then_restores_the_trained_chain() -> None:
+    policy = tiny_policy("diffusion", backbone="mlp").eval()
+    policy.set_sampler("ddpm", 5)
+    executor = RTIExecutor(policy, batch_size=1, start_step=1, cold_start_steps=2)
+    executor.act({"state": torch.randn(1, 3)})
+    assert executor.network_evaluations == 2  # the first chunk: DDIM-2
+    assert (policy.cfg.sampler, policy.num_inference_steps) == ("ddpm", 5)
+    executor.act({"state": torch.randn(1, 3)})
+    assert executor.network_evaluations == 2 + 1  # then K' = 1 step of the DDPM-5 chain
+    with pytest.raises(ValueError, match="cold_start_steps"):
+        RTIExecutor(policy, batch_size=1, cold_start_steps=0)
+
+
 def test_rti_works_for_flow_with_midpoint_costs() -> None:
     policy = tiny_policy("flow", backbone="mlp", integrator="midpoint").eval()
     executor = RTIExecutor(policy, batch_size=1, start_step=2)

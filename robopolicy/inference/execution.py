@@ -31,6 +31,8 @@ class ExecutionConfig:
     num_inference_steps: int | None = None  # None: the checkpoint's
     rti_start_step: int = 3  # K': denoising steps per control step
     warm_start_clip: float = 0.1  # RTI: |gripper| bound in the warm start
+    rti_cold_start_steps: int | None = None  # RTI: DDIM (flow: Euler) steps of an episode's
+    # first chunk (None: the full chain set by sampler / num_inference_steps)
     ensemble_decay: float = 0.01  # ACT's m in exp(-m i)
     discrete_dims: list[int] | None = None  # open/close dims (None: ask the env)
 
@@ -58,7 +60,9 @@ def make_executor(
         return ChunkExecutor(policy, batch_size, dims, cfg.action_horizon)
     if cfg.mode == "ensemble":
         return TemporalEnsembleExecutor(policy, batch_size, dims, cfg.ensemble_decay)
-    return RTIExecutor(policy, batch_size, dims, cfg.rti_start_step, cfg.warm_start_clip)
+    return RTIExecutor(
+        policy, batch_size, dims, cfg.rti_start_step, cfg.warm_start_clip, cfg.rti_cold_start_steps
+    )
 
 
 def describe(cfg: ExecutionConfig, policy) -> str:
@@ -69,4 +73,5 @@ def describe(cfg: ExecutionConfig, policy) -> str:
         return f"{head} chunked({cfg.action_horizon or policy.action_horizon})"
     if cfg.mode == "ensemble":
         return f"{head} ensemble(m={cfg.ensemble_decay:g})"
-    return f"{head} rti(K'={cfg.rti_start_step})"
+    cold = f", first chunk {cfg.rti_cold_start_steps} steps" if cfg.rti_cold_start_steps else ""
+    return f"{head} rti(K'={cfg.rti_start_step}{cold})"
