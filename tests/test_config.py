@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from robopolicy.bench.rti import Config as RTIBenchConfig
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config
 from robopolicy.sim.collect import CollectConfig
 
@@ -38,8 +39,6 @@ def test_missing_required_and_missing_file(tmp_path) -> None:
 
 
 def test_override_addresses_list_items_by_index() -> None:
-    from robopolicy.bench.rti import Config as RTIBenchConfig
-
     path = CONFIG_DIR / "bench/rti.yaml"
     cfg = load_config(path, RTIBenchConfig, ["tasks.1.checkpoint=runs/x", "eval_episodes=7"])
     assert cfg.tasks[1].checkpoint == "runs/x"

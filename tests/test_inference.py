@@ -123,6 +123,13 @@ def test_rti_cold_start_uses_a_short_ddim_chain_then_restores_the_trained_chain(
     with pytest.raises(ValueError, match="cold_start_steps"):
         RTIExecutor(policy, batch_size=1, cold_start_steps=0)
 
+    flow = tiny_policy("flow", backbone="mlp").eval()  # Euler: one evaluation per step
+    executor = RTIExecutor(flow, batch_size=1, start_step=1, cold_start_steps=2)
+    executor.act({"state": torch.randn(1, 3)})
+    executor.act({"state": torch.randn(1, 3)})
+    assert executor.network_evaluations == 2 + 1
+    assert flow.num_inference_steps == 5  # the configured chain is back
+
 
 def test_rti_works_for_flow_with_midpoint_costs() -> None:
     policy = tiny_policy("flow", backbone="mlp", integrator="midpoint").eval()
