@@ -84,11 +84,15 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint dir, a ``checkpoints/`` dir or a run dir; return the checkpoint dir."""
+    """Accept a checkpoint dir, a ``checkpoints/`` dir, a run dir, or ``runs/<name>`` (its newest
+    run); return the checkpoint dir."""
     path = Path(path)
     for candidate in (path, path / "last", path / "checkpoints" / "last"):
         if (candidate / "model.safetensors").is_file():
             return candidate.resolve()
+    runs = sorted(p.parents[2] for p in path.glob("*/checkpoints/last/model.safetensors"))
+    if runs:  # runs/<name>/: its newest run (run dirs are named by timestamp)
+        return (runs[-1] / "checkpoints" / "last").resolve()
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     raise CheckpointError(

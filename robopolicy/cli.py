@@ -3,6 +3,7 @@
 Commands:
   collect CONFIG   run a scripted expert and write robomimic-format HDF5 demonstrations
   train CONFIG     train a BC policy (diffusion or flow); checkpoints, logs, final eval
+  finetune CONFIG  improve a BC policy with RL (residual RL), or run SAC/TD3 from scratch
   eval TARGET      evaluate a checkpoint (or an eval config) on seeded episodes; eval.json, video
   rti-tune CKPT    choose RTI's K' (denoising steps per action) for a checkpoint by success
   export CKPT OUT  write a deployable directory: checkpoint, deploy.json, policy.onnx
@@ -21,6 +22,7 @@ from robopolicy import __version__
 EPILOG = """examples:
   robopolicy collect configs/collect/lift_proficient.yaml n_demos=50
   robopolicy train configs/train/lift_diffusion.yaml optim.steps=2000
+  robopolicy finetune configs/rl/residual_lift.yaml env_steps=50000
   robopolicy eval runs/lift_diffusion/<time> n_episodes=100
   robopolicy eval configs/eval/lift_expert.yaml n_episodes=100 noise=0.6
   robopolicy eval RUN execution.mode=rti execution.sampler=ddpm \
@@ -55,6 +57,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     result = train_bc(load_config(args.config, TrainConfig, args.overrides))
     if "checkpoint" in result:
         print(f"trained {result['steps']} steps -> {result['checkpoint']}")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.rl.config import FinetuneConfig
+    from robopolicy.rl.finetune import finetune
+    from robopolicy.sim.evaluate import summary_line
+
+    result = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    print(
+        f"{summary_line(result['final'])}; {result['env_steps']} env steps in "
+        f"{result['minutes']:.1f} min -> {result['checkpoint']}"
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -114,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("collect", _cmd_collect, "collect expert demonstrations into robomimic HDF5", "config"),
         ("train", _cmd_train, "train a BC policy (diffusion or flow matching)", "config"),
         (
+            "finetune",
+            _cmd_finetune,
+            "improve a frozen BC policy with off-policy RL (method=residual), or learn from "
+            "scratch (method=scratch); logs success against env steps, checkpoints, final eval",
+            "config",
+        ),
+        (
             "eval",
             _cmd_eval,
             "evaluate a checkpoint or an eval config: success with a Wilson interval, video",
@@ -161,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from robopolicy.checkpoint import CheckpointError
     from robopolicy.config import ConfigError
     from robopolicy.data.hdf5 import DatasetError
+    from robopolicy.rl.finetune import RLDivergedError
     from robopolicy.training.bc import TrainingDivergedError
 
     try:
@@ -172,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileExistsError,
         FileNotFoundError,
         TrainingDivergedError,
+        RLDivergedError,
         ValueError,
     ) as err:
         print(f"robopolicy {args.command}: error: {err}", file=sys.stderr)

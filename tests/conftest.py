@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from bc_fixtures import tiny_train_config
 
 import robopolicy  # noqa: F401  (registers the tasks)
 from envs import TASKS
+from robopolicy.sim.collect import CollectConfig, collect
+from robopolicy.training.bc import train_bc
 
 
 @pytest.fixture(params=sorted(TASKS))
 def env_id(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def lift_demos(tmp_path_factory) -> str:
+    """Four expert demonstrations of Lift."""
+    out = tmp_path_factory.mktemp("data") / "lift.hdf5"
+    collect(CollectConfig(env_id="robopolicy/Lift-v0", n_demos=4, output=str(out)), progress=False)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(lift_demos, tmp_path_factory) -> Path:
+    """A tiny diffusion policy trained 10 steps on ``lift_demos``."""
+    run_dir = tmp_path_factory.mktemp("run")
+    train_bc(tiny_train_config(lift_demos, run_dir, "optim.steps=10", "loop.save_every=10"))
+    return run_dir

@@ -6,45 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bc_fixtures import REPO, TINY_TRAIN_OVERRIDES
+from bc_fixtures import tiny_train_config as _config
 from safetensors.torch import load_file
 
 from robopolicy.checkpoint import load_policy
 from robopolicy.cli import main
-from robopolicy.config import ConfigError, load_config
-from robopolicy.sim.collect import CollectConfig, collect
+from robopolicy.config import ConfigError
 from robopolicy.training.bc import TrainingDivergedError, train_bc
-from robopolicy.training.config import TrainConfig
-
-REPO = Path(__file__).resolve().parent.parent
-TINY_OVERRIDES = [
-    "policy.pred_horizon=8",
-    "policy.action_horizon=4",
-    "policy.num_inference_steps=4",
-    "policy.num_train_timesteps=20",
-    "policy.down_dims=[16,32]",
-    "policy.time_embed_dim=16",
-    "optim.batch_size=16",
-    "optim.warmup_steps=5",
-    "optim.num_threads=1",
-    "loop.log_every=5",
-    "loop.final_eval_episodes=0",
-]
-
-
-@pytest.fixture(scope="module")
-def lift_demos(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("data") / "lift.hdf5"
-    collect(CollectConfig(env_id="robopolicy/Lift-v0", n_demos=4, output=str(out)), progress=False)
-    return str(out)
-
-
-def _config(dataset: str, run_dir: Path, *extra: str) -> TrainConfig:
-    overrides = [f"task.dataset={dataset}", f"run_dir={run_dir}", *TINY_OVERRIDES, *extra]
-    return load_config(REPO / "configs/train/lift_diffusion.yaml", TrainConfig, overrides)
 
 
 def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path) -> None:
@@ -154,7 +126,7 @@ def test_ddp_two_processes_agree(lift_demos, tmp_path) -> None:
         str(REPO / "configs/train/lift_diffusion.yaml"),
         f"task.dataset={lift_demos}",
         f"run_dir={tmp_path}",
-        *TINY_OVERRIDES,
+        *TINY_TRAIN_OVERRIDES,
         "optim.steps=6",
         "loop.save_every=6",
     ]
@@ -163,13 +135,6 @@ def test_ddp_two_processes_agree(lift_demos, tmp_path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     ddp = [r for r in rows if "ddp/max_weight_diff" in r]
     assert ddp and ddp[-1]["ddp/max_weight_diff"] == 0.0 and ddp[-1]["ddp/world_size"] == 2
-
-
-@pytest.fixture(scope="module")
-def tiny_run(lift_demos, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    train_bc(_config(lift_demos, run_dir, "optim.steps=10", "loop.save_every=10"))
-    return run_dir
 
 
 def test_rti_tune_measures_each_k_and_writes_its_choice(tiny_run, capsys) -> None:

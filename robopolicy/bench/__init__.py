@@ -15,6 +15,7 @@ SUITES = {
     "bc": "robopolicy.bench.bc",
     "rti": "robopolicy.bench.rti",
     "deploy": "robopolicy.bench.deploy",
+    "residual": "robopolicy.bench.residual",
 }
 
 

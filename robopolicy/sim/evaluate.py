@@ -131,16 +131,22 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
 
         path = resolve_checkpoint(cfg.checkpoint)
-        task = read_config(path).get("task", {})
+        config = read_config(path)
+        task = config.get("task", {})
         env_id = env_id or task.get("env_id")
         env_kwargs = env_kwargs if env_kwargs is not None else task.get("env_kwargs")
-        policy = load_policy(path, device=cfg.device)
-        execution = ExecutionConfig(**to_dict(cfg.execution))
-        agent = PolicyAgent(
-            policy,
-            name=f"{policy.cfg.type}-{policy.cfg.backbone} {describe(execution, policy)}",
-            execution=execution,
-        )
+        if "rl" in config:  # robopolicy finetune: the actor (plus its frozen base)
+            from robopolicy.rl.actors import load_rl_agent
+
+            agent = load_rl_agent(path, config)
+        else:
+            policy = load_policy(path, device=cfg.device)
+            execution = ExecutionConfig(**to_dict(cfg.execution))
+            agent = PolicyAgent(
+                policy,
+                name=f"{policy.cfg.type}-{policy.cfg.backbone} {describe(execution, policy)}",
+                execution=execution,
+            )
         out_dir = out_dir or str(path.parent.parent / f"eval-{read_meta(path)['step']:07d}")
     elif cfg.agent == "expert":
         agent = ExpertAgent(cfg.noise)

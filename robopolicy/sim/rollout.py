@@ -104,13 +104,15 @@ def run_episodes(
         timing.agent_seconds += t1 - t0
         timing.env_seconds += time.perf_counter() - t1
         finished = np.zeros(n, dtype=bool)
+        no_success = np.zeros(n, dtype=bool)
         for i, record in enumerate(active):
             if record is None:
                 continue
             timing.actions += 1
             record.length += 1
             record.episode_return += float(rewards[i])
-            record.success = record.success or bool(infos["is_success"][i])
+            # tasks without a success signal (e.g. gymnasium's locomotion) never succeed
+            record.success = record.success or bool(infos.get("is_success", no_success)[i])
             if record_steps:
                 record.observations.append(_slice(obs, i))
                 record.actions.append(np.array(actions[i]))

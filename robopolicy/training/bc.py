@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
 from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
+from robopolicy.runlog import RunLogger, eval_metrics
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env
@@ -106,7 +106,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     eval_policy = copy.deepcopy(policy).eval()
 
     full_config = {**to_dict(cfg), "shapes": to_dict(OmegaConf.structured(shapes))}
-    logger = _Logger(run_dir, enabled=dist_info.is_main)
+    logger = RunLogger(run_dir, enabled=dist_info.is_main)
     if dist_info.is_main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(full_config)))
     last_good: Path | None = resume_from
@@ -176,7 +176,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
             and step < cfg.optim.steps
         ):
             summary = run_eval(cfg.loop.eval_episodes, None)
-            logger.log(step, "eval", _eval_metrics(summary))
+            logger.log(step, "eval", eval_metrics(summary))
             policy.train()
         if dist_info.is_main and (step % cfg.loop.save_every == 0 or step == cfg.optim.steps):
             last_good = save(last_metrics)
@@ -194,7 +194,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
         result["train"] = last_metrics
         if cfg.loop.final_eval_episodes > 0:
             summary = run_eval(cfg.loop.final_eval_episodes, run_dir / "eval")
-            logger.log(step, "eval", _eval_metrics(summary))
+            logger.log(step, "eval", eval_metrics(summary))
             result["eval"] = summary
             print(summary_line(summary))
     logger.close()
@@ -382,42 +382,3 @@ class _StepTimer:
         }
         self._reset()
         return out
-
-
-class _Logger:
-    """``metrics.jsonl`` (one JSON object per line) and TensorBoard, on rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(self, step: int, prefix: str, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        row = {"step": step, **{f"{prefix}/{k}": v for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
-
-
-def _eval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "success_rate": summary["success_rate"],
-        "success_ci_low": summary["success_ci95"][0],
-        "success_ci_high": summary["success_ci95"][1],
-        "mean_return": summary["mean_return"],
-        "n_episodes": summary["n_episodes"],
-        "time_per_action_ms": summary["time_per_action_ms"],
-    }

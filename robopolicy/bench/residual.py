@@ -1,0 +1,226 @@
+"""``robopolicy bench residual``: residual RL against SAC from scratch on the scarce-data tasks.
+
+For each task: train the scarce-data BC base if no checkpoint is given (collecting its data if
+missing), then run each method for each seed with the same env-step budget, evaluating every
+``eval_every`` env steps. Reports success against env steps (plot per task, seeds as thin
+lines, their mean bold), the final success with its Wilson interval, the env steps at which
+the eval success first reached ``target``, and the wall time of each run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.finetune import finetune
+from robopolicy.sim.collect import CollectConfig, collect
+from robopolicy.training.bc import train_bc
+from robopolicy.training.config import TrainConfig
+
+
+@dataclass
+class Task:
+    name: str
+    base_train_config: str  # relative to configs/: trains the base when ``base`` is unset
+    collect_config: str  # relative to configs/: run when the base's dataset is missing
+    methods: dict[str, str] = field(default_factory=dict)  # label -> finetune config
+    base: str | None = None  # an existing BC checkpoint (skips training)
+
+
+@dataclass
+class Config:
+    tasks: list[Task] = field(default_factory=list)
+    only: list[str] = field(default_factory=list)  # task names (empty: all)
+    methods: list[str] = field(default_factory=list)  # method labels (empty: all)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    env_steps: int = 100_000
+    eval_every: int = 5000
+    eval_episodes: int = 20
+    final_eval_episodes: int = 50
+    target: float = 0.9
+    overrides: list[str] = field(default_factory=list)  # applied to every finetune run
+    out_root: str = "runs/bench"
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    out = new_run_dir(cfg.out_root, "residual")
+    results: dict[str, Any] = {
+        "suite": "residual",
+        "machine": machine_info(),
+        "settings": {
+            k: getattr(cfg, k)
+            for k in (
+                "seeds",
+                "env_steps",
+                "eval_every",
+                "eval_episodes",
+                "final_eval_episodes",
+                "target",
+            )
+        },
+        "tasks": {},
+    }
+    for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
+        base = task.base or _train_base(task, out)
+        entry: dict[str, Any] = {"base": str(base), "runs": {}}
+        results["tasks"][task.name] = entry
+        for label, config in task.methods.items():
+            if cfg.methods and label not in cfg.methods:
+                continue
+            for seed in cfg.seeds:
+                print(f"[bench residual] {task.name} {label} seed {seed}")
+                entry["runs"][f"{label}/seed{seed}"] = _one_run(
+                    cfg, config, base, seed, out / task.name / label / f"seed{seed}"
+                )
+                write_results(out, results, _report(results))  # keep finished runs
+        _plot(task.name, entry, cfg, out / f"{task.name}.png")
+    write_results(out, results, _report(results))
+    print(f"[bench residual] wrote {out}/report.md")
+    for line in _summary_rows(results):
+        print("  " + " | ".join(str(c) for c in line))
+    return results
+
+
+def _train_base(task: Task, out: Path) -> Path:
+    train_cfg = load_config(
+        CONFIG_DIR / task.base_train_config, TrainConfig, [f"run_dir={out / task.name / 'base'}"]
+    )
+    if not Path(train_cfg.task.dataset).exists():
+        collect(
+            load_config(
+                CONFIG_DIR / task.collect_config,
+                CollectConfig,
+                [f"output={train_cfg.task.dataset}"],
+            )
+        )
+    return Path(train_bc(train_cfg)["checkpoint"])
+
+
+def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path) -> dict:
+    overrides = [
+        f"run_dir={run_dir}",
+        f"seed={seed}",
+        f"env_steps={cfg.env_steps}",
+        f"eval_every={cfg.eval_every}",
+        f"eval_episodes={cfg.eval_episodes}",
+        f"final_eval_episodes={cfg.final_eval_episodes}",
+        *cfg.overrides,
+    ]
+    ft_cfg = load_config(CONFIG_DIR / config, FinetuneConfig, overrides)
+    if ft_cfg.method == "residual":
+        ft_cfg.base = str(base)
+    result = finetune(ft_cfg)
+    history = result["history"]
+    reached = next((r["env_steps"] for r in history if r["success_rate"] >= cfg.target), None)
+    final = result["final"]
+    return {
+        "config": config,
+        "method": ft_cfg.method,
+        "algo": ft_cfg.agent.algo,
+        "seed": seed,
+        "minutes": result["minutes"],
+        "env_steps": result["env_steps"],
+        "curve": [[r["env_steps"], r["success_rate"]] for r in history],
+        "env_steps_to_target": reached,
+        "final_success": final["success_rate"],
+        "final_ci95": final["success_ci95"],
+        "final_n": final["n_episodes"],
+        "checkpoint": result["checkpoint"],
+    }
+
+
+def _by_method(entry: dict) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for key, run in entry["runs"].items():
+        grouped.setdefault(key.split("/")[0], []).append(run)
+    return grouped
+
+
+def _plot(name: str, entry: dict, cfg: Config, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for color, (label, runs) in zip(
+        plt.rcParams["axes.prop_cycle"].by_key()["color"], _by_method(entry).items(), strict=False
+    ):
+        curves = [np.array(r["curve"]) for r in runs]
+        for c in curves:
+            ax.plot(c[:, 0], c[:, 1], color=color, alpha=0.3, lw=1)
+        length = min(len(c) for c in curves)
+        mean = np.mean([c[:length, 1] for c in curves], axis=0)
+        ax.plot(
+            curves[0][:length, 0], mean, color=color, lw=2.5, label=f"{label} (mean of {len(runs)})"
+        )
+    ax.axhline(cfg.target, color="grey", ls="--", lw=1)
+    ax.set(
+        xlabel="env steps",
+        ylabel=f"eval success ({cfg.eval_episodes} episodes)",
+        ylim=(0, 1.02),
+        title=f"{name}: from the scarce-data BC base",
+    )
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _summary_rows(results: dict) -> list[list[Any]]:
+    rows = []
+    for task, entry in results["tasks"].items():
+        for label, runs in _by_method(entry).items():
+            start = np.mean([r["curve"][0][1] for r in runs])
+            finals = ", ".join(
+                f"{r['final_success']:.0%} [{r['final_ci95'][0]:.0%}, {r['final_ci95'][1]:.0%}]"
+                for r in runs
+            )
+            reached = [r["env_steps_to_target"] for r in runs]
+            rows.append(
+                [
+                    task,
+                    label,
+                    len(runs),
+                    f"{start:.0%}",
+                    finals,
+                    ", ".join("never" if s is None else str(s) for s in reached),
+                    ", ".join(f"{r['minutes']:.1f}" for r in runs),
+                ]
+            )
+    return rows
+
+
+def _report(results: dict) -> str:
+    m = results["machine"]
+    s = results["settings"]
+    headers = [
+        "task",
+        "method",
+        "seeds",
+        "success at step 0",
+        "final success [Wilson 95%] per seed",
+        f"env steps to {s['target']:.0%} per seed",
+        "wall min per seed",
+    ]
+    return "\n".join(
+        [
+            "# robopolicy bench residual",
+            "",
+            f"{m['date']}, {m['cpu']} ({m['cores']} cores), CUDA: {m['cuda']}, "
+            f"commit {m['git_commit']}.",
+            f"Budget {s['env_steps']} env steps per run; eval every {s['eval_every']} env steps on "
+            f"{s['eval_episodes']} episodes, final eval on {s['final_eval_episodes']} "
+            "(seeds from 100000).",
+            "",
+            markdown_table(headers, _summary_rows(results)),
+            "",
+            *[f"![{t}]({t}.png)" for t in results["tasks"]],
+            "",
+        ]
+    )

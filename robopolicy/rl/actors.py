@@ -1,0 +1,113 @@
+"""Trained RL actors as rollout agents (the ``Agent`` protocol of ``robopolicy.sim``), so that
+training-time eval, ``robopolicy eval`` and the benchmarks all use the one eval harness.
+
+- ``ResidualAgent``: the frozen base plus the residual actor, clip(a_base + r, -1, 1);
+- ``FlatObsAgent``: an actor over the flattened observation (SAC from scratch).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from robopolicy.rl.networks import GaussianActor
+from robopolicy.rl.residual import ResidualBase
+
+
+def flatten_obs(obs, keys: list[str] | None) -> Tensor:
+    """A vector env's observation batch as (N, D) float32: dict keys in order, or a Box."""
+    if keys is None:
+        return torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+    return torch.cat([torch.as_tensor(obs[k], dtype=torch.float32).flatten(1) for k in keys], dim=1)
+
+
+class ResidualAgent:
+    def __init__(self, policy, actor: torch.nn.Module, name: str = "residual") -> None:
+        self.policy = policy
+        self.actor = actor.eval()
+        self.name = name
+        self.base: ResidualBase | None = None
+
+    def prepare(self, envs: gym.vector.VectorEnv) -> None:
+        discrete = envs.get_attr("discrete_action_dims")[0]
+        self.base = ResidualBase(self.policy, envs.num_envs, discrete)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        self.base.reset(env_mask)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
+        actor_obs = self.base.step(obs)
+        return self.base.executed_action(actor_obs, self.actor(actor_obs)).numpy()
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+class FlatObsAgent:
+    def __init__(
+        self, actor: torch.nn.Module, obs_keys: list[str] | None, name: str = "sac"
+    ) -> None:
+        self.actor = actor.eval()
+        self.obs_keys = obs_keys
+        self.name = name
+
+    def prepare(self, envs: gym.vector.VectorEnv) -> None:
+        """Nothing to prepare: the actor is stateless."""
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        """Nothing to reset: the actor is stateless."""
+
+    @torch.no_grad()
+    def act(self, obs, envs: gym.vector.VectorEnv) -> np.ndarray:
+        x = flatten_obs(obs, self.obs_keys)
+        if isinstance(self.actor, GaussianActor):  # evaluate SAC's mean action
+            return self.actor(x, deterministic=True)[0].numpy()
+        return self.actor(x).numpy()
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+def load_rl_agent(path, config: dict):
+    """An RL checkpoint (``robopolicy finetune``) -> a rollout agent; the residual's base is
+    loaded from the checkpoint it names, and must still fit the actor."""
+    from robopolicy.checkpoint import CheckpointError, load_policy, load_state, load_strict
+    from robopolicy.rl.agent_config import AgentConfig
+    from robopolicy.rl.networks import DeterministicActor
+
+    rl = config["rl"]
+    agent_cfg = AgentConfig(**config["finetune"]["agent"])
+    if agent_cfg.algo == "sac":
+        actor = GaussianActor(
+            rl["obs_dim"],
+            rl["action_dim"],
+            agent_cfg.hidden_dim,
+            agent_cfg.num_layers,
+            agent_cfg.action_scale,
+        )
+    else:
+        actor = DeterministicActor(
+            rl["obs_dim"],
+            rl["action_dim"],
+            agent_cfg.hidden_dim,
+            agent_cfg.num_layers,
+            agent_cfg.action_scale,
+        )
+    weights = load_state(path, "model")
+    prefix = "actor."
+    load_strict(
+        actor, {k[len(prefix) :]: v for k, v in weights.items()}, f"{path}/model.safetensors"
+    )
+    if rl["method"] == "scratch":
+        return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
+    policy = load_policy(rl["base"])
+    expected = policy.obs_encoder.out_dim + policy.action_dim
+    if expected != rl["obs_dim"]:
+        raise CheckpointError(
+            f"{path}: the residual actor takes {rl['obs_dim']} inputs but its base {rl['base']} "
+            f"gives {expected}"
+        )
+    return ResidualAgent(policy, actor, name=f"residual({agent_cfg.algo})")

@@ -1,0 +1,49 @@
+"""Settings of the off-policy learners (SAC and TD3), shared by every RL method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentConfig:
+    algo: str = "td3"  # td3 | sac
+    hidden_dim: int = 256  # ANCHORS: 1024 (ResFiT), 2048 (DSRL) on GPUs
+    num_layers: int = 2
+    critic_heads: int = 10  # ResFiT: 10; SAC/DSRL: 2
+    target_subset: int = 2  # min over this many heads drawn at random for the target
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4  # SAC entropy temperature
+    init_alpha: float = 0.1  # SAC
+    target_entropy: float | None = None  # SAC; None: -action_dim
+    tau: float = 0.005
+    gamma: float = 0.99
+    n_step: int = 3
+    batch_size: int = 256
+    grad_clip: float = 1.0  # 0: off
+    actor_delay: int = 2  # TD3: one actor update per this many critic updates
+    explore_std: float = 0.1  # TD3: Gaussian exploration noise (actor output units)
+    target_noise: float = 0.2  # TD3: target-policy smoothing std
+    target_noise_clip: float = 0.5
+    action_scale: float = 1.0  # actor outputs lie in [-action_scale, action_scale]
+    zero_init_actor: bool = False  # residual RL: start exactly at the base policy
+
+
+ALGOS = ("td3", "sac")
+
+
+def validate_agent_config(cfg: AgentConfig) -> None:
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"agent.algo {cfg.algo!r} not in {ALGOS}")
+    if not 1 <= cfg.target_subset <= cfg.critic_heads:
+        raise ValueError(
+            f"agent.target_subset {cfg.target_subset} must be in "
+            f"[1, critic_heads={cfg.critic_heads}]"
+        )
+    if cfg.n_step < 1:
+        raise ValueError(f"agent.n_step must be >= 1, got {cfg.n_step}")
+    if not 0 < cfg.gamma <= 1 or not 0 < cfg.tau <= 1:
+        raise ValueError(f"agent.gamma and agent.tau must be in (0, 1], got {cfg.gamma}, {cfg.tau}")
+    if cfg.action_scale <= 0:
+        raise ValueError(f"agent.action_scale must be > 0, got {cfg.action_scale}")

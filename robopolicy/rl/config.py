@@ -1,0 +1,53 @@
+"""The ``robopolicy finetune`` config schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from robopolicy.rl.agent_config import AgentConfig
+
+METHODS = ("residual", "scratch")
+
+
+@dataclass
+class FinetuneConfig:
+    name: str = "finetune"
+    method: str = "residual"  # residual | scratch (plain RL on the env's observations)
+    base: str | None = None  # residual: the frozen BC checkpoint (a run or checkpoint dir)
+    env_id: str | None = None  # default: the base's task
+    env_kwargs: dict[str, Any] | None = None  # default: the base's task (else {})
+    obs_keys: list[str] | None = None  # scratch on a dict-observation env: keys to use
+    demos: str | None = None  # residual: demo dataset (default: the base's training data)
+    demo_fraction: float = 0.5  # share of each batch drawn from demonstrations
+    run_dir: str | None = None  # default: runs/<name>/<timestamp>
+    resume: str | None = None  # a run or checkpoint dir to continue from
+    seed: int = 0
+    env_steps: int = 100_000  # summed over sub-envs
+    num_envs: int = 2
+    warmup_steps: int = 2000  # env steps before learning: base (+ noise) or random actions
+    critic_warmup_updates: int = 2000  # critic-only updates before the actor learns
+    updates_per_step: float = 1.0  # gradient updates per env step (UTD)
+    buffer_capacity: int = 200_000
+    eval_every: int = 5000  # env steps (0: only at the end)
+    eval_episodes: int = 20
+    final_eval_episodes: int = 50
+    eval_seed: int = 100_000
+    save_every: int = 10_000  # env steps (also at the end)
+    log_every: int = 1000  # env steps
+    num_threads: int = 0  # torch intra-op threads (0: torch's default)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+def validate_finetune_config(cfg: FinetuneConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ValueError(f"method {cfg.method!r} not in {METHODS}")
+    if cfg.method == "residual" and not cfg.base:
+        raise ValueError("method residual needs base=<BC checkpoint>")
+    if cfg.method == "scratch" and not cfg.env_id:
+        raise ValueError("method scratch needs env_id=...")
+    if not 0 <= cfg.demo_fraction < 1:
+        raise ValueError(f"demo_fraction must be in [0, 1), got {cfg.demo_fraction}")
+    for name in ("env_steps", "num_envs", "buffer_capacity"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")

@@ -1,0 +1,396 @@
+"""``robopolicy finetune CONFIG``: improve a BC policy by off-policy RL (or learn from scratch).
+
+One loop, read top to bottom: act (warm-up actions first), step the vector env, store the
+transition, do ``updates_per_step`` gradient updates per env step (critic only for the first
+``critic_warmup_updates``), and evaluate, log and checkpoint on env-step boundaries.
+
+Resuming restores the learner, its optimisers, the online replay, the counters and the RNG;
+episodes that were running at the checkpoint start afresh (their transitions so far are kept).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from robopolicy.checkpoint import (
+    load_training_state,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from robopolicy.config import ConfigError, to_dict
+from robopolicy.rl.actors import FlatObsAgent, ResidualAgent, flatten_obs
+from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
+from robopolicy.rl.learner import Learner
+from robopolicy.rl.replay import ReplayBuffer, sample_mixed
+from robopolicy.rl.residual import ResidualBase, demo_buffer
+from robopolicy.runlog import RunLogger, eval_metrics
+from robopolicy.sim.evaluate import evaluate, summary_line
+from robopolicy.sim.vector import make_env, make_vector_env
+from robopolicy.training import state as train_state
+
+TRAIN_SEED_STRIDE = 1_000_000  # training episode seeds: (seed + 1) * stride + episode index
+
+
+class RLDivergedError(RuntimeError):
+    """Non-finite observations or losses: training stopped, earlier checkpoints are intact."""
+
+
+@dataclass
+class Setup:
+    """What the method adds to the generic loop: how observations become the actor's input and
+    actor outputs become the critic's (and env's) action."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    obs_dim: int
+    action_dim: int
+    policy: Any = None  # the frozen base (residual)
+    obs_keys: list[str] | None = None  # scratch
+    demos: ReplayBuffer | None = None
+    base_checkpoint: str | None = None
+    discrete_dims: tuple[int, ...] = ()  # open/close action dims of the env
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    if resume_from is not None:
+        cfg = _resumed_config(cfg, resume_from)
+    validate_finetune_config(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    setup = _setup(cfg)
+    run_dir = _run_dir(cfg, resume_from)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+
+    residual = cfg.method == "residual"
+    base = ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims) if residual else None
+    critic_action = base.executed_action if residual else (lambda obs, action: action)
+    learner = Learner(cfg.agent, setup.obs_dim, setup.action_dim, critic_action=critic_action)
+    online = ReplayBuffer(setup.obs_dim, setup.action_dim, cfg.buffer_capacity, cfg.num_envs)
+    counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
+    if resume_from is not None:
+        _restore(resume_from, learner, online, counters)
+
+    def observe(obs, rows=None) -> torch.Tensor:
+        if residual:
+            return base.step(obs, rows)
+        flat = flatten_obs(obs, setup.obs_keys)
+        return flat if rows is None else flat[list(rows)]
+
+    def next_seeds(mask: np.ndarray) -> list[int | None]:
+        seeds: list[int | None] = []
+        for started in mask:
+            seeds.append(
+                (cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"] if started else None
+            )
+            counters["episodes"] += int(started)
+        return seeds
+
+    envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs)
+    logger = RunLogger(run_dir, enabled=True)
+    recent = deque(maxlen=20)  # (success, return) of the latest training episodes
+    running_return = np.zeros(cfg.num_envs)
+    running_success = np.zeros(cfg.num_envs, dtype=bool)
+    last_checkpoint: Path | None = resume_from
+    history: list[dict[str, Any]] = []
+    update_metrics: dict[str, float] = {}
+    start, start_steps = time.perf_counter(), counters["env_steps"]
+    progress = tqdm(
+        total=cfg.env_steps, initial=counters["env_steps"], desc=f"finetune {cfg.name}", unit="step"
+    )
+
+    def evaluate_now(n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
+        summary = evaluate(
+            setup.env_id,
+            _eval_agent(cfg, setup, learner),
+            n_episodes=n_episodes,
+            seed=cfg.eval_seed,
+            num_envs=2,
+            env_kwargs=setup.env_kwargs,
+            out_dir=out_dir,
+            video_episodes=2 if out_dir else 0,
+            progress=False,
+        )
+        row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
+        history.append(row)
+        logger.log(counters["env_steps"], "eval", eval_metrics(summary))
+        progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
+        return summary
+
+    try:
+        if counters["env_steps"] == 0 and cfg.eval_every:
+            evaluate_now(cfg.eval_episodes)  # the starting point: the base policy (or random)
+        obs, _ = envs.reset(seed=next_seeds(np.ones(cfg.num_envs, dtype=bool)))
+        if base is not None:
+            base.reset()
+        state = observe(obs)
+        while counters["env_steps"] < cfg.env_steps:
+            # ---- act ----------------------------------------------------------------------
+            if counters["env_steps"] < cfg.warmup_steps:
+                action = _warmup_action(cfg, state.shape[0], setup.action_dim)
+            else:
+                action = learner.act(state, explore=True)
+            executed = critic_action(state, action)
+            next_obs, reward, terminated, truncated, info = envs.step(executed.numpy())
+            ended = terminated | truncated
+            try:
+                next_state = observe(next_obs)  # ended rows: the final obs (bootstrap if truncated)
+                online.add(
+                    state,
+                    executed,
+                    torch.as_tensor(reward, dtype=torch.float32),
+                    next_state,
+                    torch.as_tensor(terminated),
+                    torch.as_tensor(truncated),
+                )
+            except ValueError as err:
+                raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
+            running_return += reward
+            running_success |= np.asarray(
+                info.get("is_success", np.zeros(cfg.num_envs, dtype=bool)), dtype=bool
+            )
+            if ended.any():
+                for i in np.flatnonzero(ended):
+                    recent.append((bool(running_success[i]), float(running_return[i])))
+                running_return[ended] = 0.0
+                running_success[ended] = False
+                fresh, _ = envs.reset(seed=next_seeds(ended), options={"reset_mask": ended.copy()})
+                if base is not None:
+                    base.reset(ended)
+                next_state[torch.as_tensor(ended)] = observe(fresh, np.flatnonzero(ended))
+            state = next_state
+            before = counters["env_steps"]
+            counters["env_steps"] += cfg.num_envs
+            progress.update(cfg.num_envs)
+
+            # ---- learn --------------------------------------------------------------------
+            if counters["env_steps"] >= cfg.warmup_steps:
+                counters["update_budget"] += cfg.updates_per_step * cfg.num_envs
+                while counters["update_budget"] >= 1:
+                    batch = sample_mixed(
+                        online,
+                        setup.demos,
+                        cfg.agent.batch_size,
+                        cfg.demo_fraction,
+                        cfg.agent.n_step,
+                        cfg.agent.gamma,
+                    )
+                    try:
+                        update_metrics = learner.update(
+                            batch, update_actor=counters["updates"] >= cfg.critic_warmup_updates
+                        )
+                    except FloatingPointError as err:
+                        raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
+                    counters["updates"] += 1
+                    counters["update_budget"] -= 1
+
+            # ---- log, evaluate, save ------------------------------------------------------
+            now = counters["env_steps"]
+            if _crossed(before, now, cfg.log_every):
+                row = {
+                    "episodes": counters["episodes"],
+                    "updates": counters["updates"],
+                    "env_steps_per_s": (now - start_steps) / (time.perf_counter() - start),
+                    **update_metrics,
+                }
+                if recent:  # training episodes (with exploration noise) finished lately
+                    row["success_rate"] = float(np.mean([s for s, _ in recent]))
+                    row["return"] = float(np.mean([r for _, r in recent]))
+                    progress.set_postfix(success=f"{row['success_rate']:.0%}")
+                logger.log(now, "train", row)
+            if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
+                evaluate_now(cfg.eval_episodes)
+            if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
+                last_checkpoint = _save(run_dir, cfg, setup, learner, online, counters, {})
+        progress.close()
+        final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
+        last_checkpoint = _save(run_dir, cfg, setup, learner, online, counters, eval_metrics(final))
+    finally:
+        progress.close()
+        envs.close()
+        logger.close()
+    minutes = (time.perf_counter() - start) / 60
+    _plot(history, run_dir / "success.png", cfg.name)
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(last_checkpoint),
+        "final": final,
+        "history": history,
+        "minutes": minutes,
+        "env_steps": counters["env_steps"],
+    }
+
+
+# ---- the method's pieces ---------------------------------------------------------------------
+def _setup(cfg: FinetuneConfig) -> Setup:
+    if cfg.method == "scratch":
+        env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
+        space = env.observation_space
+        keys = sorted(cfg.obs_keys or space.spaces) if hasattr(space, "spaces") else None
+        sample = (
+            flatten_obs({k: v[None] for k, v in env.observation_space.sample().items()}, keys)
+            if keys is not None
+            else flatten_obs(space.sample()[None], None)
+        )
+        action_dim = int(np.prod(env.action_space.shape))
+        env.close()
+        return Setup(
+            cfg.env_id, dict(cfg.env_kwargs or {}), sample.shape[1], action_dim, obs_keys=keys
+        )
+    from robopolicy.checkpoint import load_policy
+    from robopolicy.data.hdf5 import load_episodes
+
+    base_path = resolve_checkpoint(cfg.base)
+    policy = load_policy(base_path)
+    task = read_config(base_path).get("task", {})
+    env_id = cfg.env_id or task.get("env_id")
+    env_kwargs = dict(
+        cfg.env_kwargs if cfg.env_kwargs is not None else task.get("env_kwargs") or {}
+    )
+    env = make_env(env_id, **env_kwargs)
+    env_action_dim = int(np.prod(env.action_space.shape))
+    discrete = tuple(getattr(env.unwrapped, "discrete_action_dims", ()))
+    env.close()
+    if env_action_dim != policy.action_dim:
+        raise ConfigError(
+            f"base {base_path} acts in {policy.action_dim} dims but {env_id} takes {env_action_dim}"
+        )
+    setup = Setup(
+        env_id,
+        env_kwargs,
+        policy.obs_encoder.out_dim + policy.action_dim,
+        policy.action_dim,
+        policy=policy,
+        base_checkpoint=str(base_path),
+        discrete_dims=discrete,
+    )
+    demos_path = cfg.demos or task.get("dataset")
+    if cfg.demo_fraction > 0 and demos_path:
+        episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
+        setup.demos = demo_buffer(policy, episodes, discrete)
+    return setup
+
+
+def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
+    """Residual: the base action plus small Gaussian noise; scratch: uniform random actions."""
+    scale = cfg.agent.action_scale
+    if cfg.method == "residual":
+        return (cfg.agent.explore_std * scale * torch.randn(n, action_dim)).clamp(-scale, scale)
+    return scale * (2 * torch.rand(n, action_dim) - 1)
+
+
+def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner):
+    actor = copy.deepcopy(learner.actor).eval()
+    if cfg.method == "residual":
+        return ResidualAgent(setup.policy, actor, name=f"residual({cfg.agent.algo})")
+    return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
+
+
+# ---- bookkeeping --------------------------------------------------------------------------------
+def _crossed(before: int, now: int, every: int) -> bool:
+    return every > 0 and before // every != now // every
+
+
+def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+    return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
+
+
+def _run_dir(cfg: FinetuneConfig, resume_from: Path | None) -> Path:
+    if resume_from is not None:
+        return resume_from.parent.parent
+    run_dir = Path(cfg.run_dir or Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
+    saved = read_config(checkpoint).get("finetune")
+    if saved is None:
+        raise ConfigError(f"{checkpoint} is not a finetune checkpoint (no 'finetune' section)")
+    merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), saved)
+    merged.resume = str(checkpoint)
+    return merged  # type: ignore[return-value]
+
+
+def _save(
+    run_dir: Path,
+    cfg: FinetuneConfig,
+    setup: Setup,
+    learner: Learner,
+    online: ReplayBuffer,
+    counters: dict,
+    metrics: dict,
+) -> Path:
+    config = {
+        "finetune": to_dict(cfg),
+        "rl": {
+            "method": cfg.method,
+            "algo": cfg.agent.algo,
+            "base": setup.base_checkpoint,
+            "env_id": setup.env_id,
+            "env_kwargs": setup.env_kwargs,
+            "obs_keys": setup.obs_keys,
+            "obs_dim": setup.obs_dim,
+            "action_dim": setup.action_dim,
+        },
+        "task": {"env_id": setup.env_id, "env_kwargs": setup.env_kwargs},
+    }
+    training_state = {
+        **learner.training_state(),
+        "replay": online.state_dict(),
+        "counters": counters,
+        "rng": train_state.rng_state(),
+    }
+    actor = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
+    return save_checkpoint(
+        run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
+        actor,
+        config,
+        step=counters["env_steps"],
+        metrics=metrics,
+        training_state=training_state,
+    )
+
+
+def _restore(checkpoint: Path, learner: Learner, online: ReplayBuffer, counters: dict) -> None:
+    state = load_training_state(checkpoint)
+    learner.load_training_state(state)
+    online.load_state_dict(state["replay"])
+    counters.update(state["counters"])
+    train_state.load_rng_state(state["rng"])
+
+
+def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["env_steps"] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [row["success_rate"] for row in history], marker="o")
+    ax.fill_between(
+        steps,
+        [row["success_ci_low"] for row in history],
+        [row["success_ci_high"] for row in history],
+        alpha=0.2,
+    )
+    ax.set(xlabel="env steps", ylabel="eval success", ylim=(0, 1), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

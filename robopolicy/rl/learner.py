@@ -1,0 +1,210 @@
+"""SAC and TD3 updates on a critic ensemble, written out with the equations' names.
+
+Both learners see transitions (s, a, R, s', discount) whose ``a`` is the action the critic
+scores. A method may let the actor output something else and map it to the critic's action:
+residual RL's actor outputs a correction ``r`` and the critic scores the executed action
+``clip(a_base + r, -1, 1)`` (``critic_action``); plain RL uses the identity.
+
+TD3 (Fujimoto et al. 2018, with an ensemble as in ResFiT/REDQ):
+    a'  = clip(mu_targ(s') + clip(eps, -c, c)),   eps ~ N(0, sigma_targ)
+    y   = R + discount * min_{i in random subset} Q_targ_i(s', a')
+    L_Q = sum_i (Q_i(s, a) - y)^2;   L_mu = -mean_i Q_i(s, mu(s))   (every ``actor_delay``)
+SAC (Haarnoja et al. 2018, auto-tuned temperature):
+    a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
+    L_pi = alpha log pi(a|s) - mean_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
+Targets follow by Polyak averaging with rate tau.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from robopolicy.rl.agent_config import AgentConfig, validate_agent_config
+from robopolicy.rl.networks import (
+    CriticEnsemble,
+    DeterministicActor,
+    GaussianActor,
+    min_of_random_subset,
+)
+from robopolicy.rl.replay import Batch
+from robopolicy.training.state import load_optimizer_state, optimizer_state
+
+CriticAction = Callable[[Tensor, Tensor], Tensor]
+
+
+def identity_action(obs: Tensor, action: Tensor) -> Tensor:
+    return action
+
+
+class Learner(nn.Module):
+    """Actor, critic ensemble, their targets and optimisers; ``update`` does one gradient step."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        obs_dim: int,
+        action_dim: int,
+        critic_action_dim: int | None = None,
+        critic_action: CriticAction = identity_action,
+    ) -> None:
+        super().__init__()
+        validate_agent_config(cfg)
+        self.cfg = cfg
+        self.action_dim = action_dim
+        self.critic_action = critic_action
+        if cfg.algo == "sac":
+            self.actor: nn.Module = GaussianActor(
+                obs_dim, action_dim, cfg.hidden_dim, cfg.num_layers, cfg.action_scale
+            )
+            self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
+            self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+            self.target_entropy = (
+                cfg.target_entropy if cfg.target_entropy is not None else -float(action_dim)
+            )
+        else:
+            self.actor = DeterministicActor(
+                obs_dim,
+                action_dim,
+                cfg.hidden_dim,
+                cfg.num_layers,
+                cfg.action_scale,
+                cfg.zero_init_actor,
+            )
+        self.critic = CriticEnsemble(
+            obs_dim,
+            critic_action_dim or action_dim,
+            cfg.critic_heads,
+            cfg.hidden_dim,
+            cfg.num_layers,
+        )
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.critic_updates = 0
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp().detach()
+
+    # ---- acting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Tensor, explore: bool) -> Tensor:
+        """The actor's output for a batch of observations, with exploration noise if asked."""
+        if self.cfg.algo == "sac":
+            return self.actor(obs, deterministic=not explore)[0]
+        action = self.actor(obs)
+        if explore:
+            action = action + self.cfg.explore_std * self.cfg.action_scale * torch.randn_like(
+                action
+            )
+        return action.clamp(-self.cfg.action_scale, self.cfg.action_scale)
+
+    # ---- learning --------------------------------------------------------------------------
+    def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
+        """One critic step; an actor (and temperature) step when due and ``update_actor``."""
+        metrics = self._update_critic(batch)
+        self.critic_updates += 1
+        due = self.cfg.algo == "sac" or self.critic_updates % self.cfg.actor_delay == 0
+        if update_actor and due:
+            metrics.update(self._update_actor(batch.obs))
+        if due:  # TD3 moves its targets with the delayed actor, SAC after every step
+            _polyak(self.critic, self.critic_target, self.cfg.tau)
+            _polyak(self.actor, self.actor_target, self.cfg.tau)
+        return metrics
+
+    def _update_critic(self, batch: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        with torch.no_grad():
+            if cfg.algo == "sac":
+                next_action, next_log_prob = self.actor(batch.next_obs)
+            else:
+                smoothing = (
+                    cfg.target_noise
+                    * cfg.action_scale
+                    * torch.randn(batch.next_obs.shape[0], self.action_dim)
+                ).clamp(
+                    -cfg.target_noise_clip * cfg.action_scale,
+                    cfg.target_noise_clip * cfg.action_scale,
+                )
+                next_action = (self.actor_target(batch.next_obs) + smoothing).clamp(
+                    -cfg.action_scale, cfg.action_scale
+                )
+            q_next = min_of_random_subset(
+                self.critic_target(batch.next_obs, self.critic_action(batch.next_obs, next_action)),
+                cfg.target_subset,
+            )
+            if cfg.algo == "sac":
+                q_next = q_next - self.alpha * next_log_prob
+            y = batch.returns + batch.discount * q_next
+        q = self.critic(batch.obs, batch.actions)
+        loss = ((q - y) ** 2).mean(dim=1).sum()
+        _step(self.critic_optim, loss, self.critic, cfg.grad_clip)
+        return {"critic_loss": loss.item() / cfg.critic_heads, "q_mean": q.mean().item()}
+
+    def _update_actor(self, obs: Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        if cfg.algo == "sac":
+            action, log_prob = self.actor(obs)
+            q = self.critic(obs, self.critic_action(obs, action)).mean(dim=0)
+            loss = (self.alpha * log_prob - q).mean()
+            _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
+            alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optim.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optim.step()
+            return {
+                "actor_loss": loss.item(),
+                "alpha": self.alpha.item(),
+                "entropy": -log_prob.mean().item(),
+            }
+        q = self.critic(obs, self.critic_action(obs, self.actor(obs))).mean(dim=0)
+        loss = -q.mean()
+        _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
+        return {"actor_loss": loss.item()}
+
+    # ---- saving (safetensors + JSON, no pickle) --------------------------------------------
+    def training_state(self) -> dict:
+        state: dict = {
+            "learner": {k: v for k, v in self.state_dict().items()},
+            "learner_counters": {"critic_updates": self.critic_updates},
+        }
+        for name in self._optimizer_names():
+            tensors, groups = optimizer_state(getattr(self, name))
+            state[f"{name}_state"] = tensors
+            state[f"{name}_groups"] = groups
+        return state
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["learner"], strict=True)
+        self.critic_updates = int(state["learner_counters"]["critic_updates"])
+        for name in self._optimizer_names():
+            load_optimizer_state(
+                getattr(self, name), state.get(f"{name}_state", {}), state[f"{name}_groups"]
+            )
+
+    def _optimizer_names(self) -> list[str]:
+        return ["actor_optim", "critic_optim"] + (["alpha_optim"] if self.cfg.algo == "sac" else [])
+
+
+def _step(
+    optimizer: torch.optim.Optimizer, loss: Tensor, module: nn.Module, grad_clip: float
+) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+
+
+@torch.no_grad()
+def _polyak(source: nn.Module, target: nn.Module, tau: float) -> None:
+    for p, p_targ in zip(source.parameters(), target.parameters(), strict=True):
+        p_targ.lerp_(p, tau)

@@ -1,0 +1,102 @@
+"""Residual RL (ResFiT): a small actor learns per-step corrections on top of a frozen BC policy.
+
+At every control step of every sub-env::
+
+    base chunk   the frozen policy plans a chunk and executes it step by step (its own queue,
+                 reset at every episode start): a_base
+    actor input  s = [encoder features of the base's observation history, a_base]
+    residual     r = scale * tanh(mu(s)) (+ exploration noise), last layer zero-initialised
+    executed     a = clip(a_base + r, -1, 1)          <- what the env and the critic see
+
+The base is never trained; its encoder is the actor's and critic's feature extractor (images
+included), so no second encoder learns. Demonstrations enter the replay with the base action
+relabelled: the base is replayed along each demo (chunks planned from the demo's observations,
+as it would have planned them), and the critic scores the demonstrator's executed action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robopolicy.inference.chunking import ChunkExecutor
+from robopolicy.rl.replay import ReplayBuffer
+
+
+class ResidualBase:
+    """The frozen base policy for ``num_envs`` independent episodes: base actions and features.
+
+    One chunk executor per sub-env, so any subset of episodes can start, step or end on its own.
+    """
+
+    def __init__(self, policy, num_envs: int, discrete_dims: Sequence[int] = ()) -> None:
+        self.policy = policy.eval().requires_grad_(False)
+        self.discrete_dims = tuple(discrete_dims)
+        self.executors = [ChunkExecutor(policy, 1, self.discrete_dims) for _ in range(num_envs)]
+        self.action_dim = policy.action_dim
+        self.feature_dim = policy.obs_encoder.out_dim
+        self.obs_dim = self.feature_dim + self.action_dim  # the actor's input size
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        for i, executor in enumerate(self.executors):
+            if mask is None or mask[i]:
+                executor.reset()
+
+    @torch.no_grad()
+    def step(self, obs: dict[str, np.ndarray], rows: Sequence[int] | None = None) -> Tensor:
+        """Advance the base in ``rows`` (all by default) by one observation; return the actor's
+        input [features, a_base] for those rows, (len(rows), obs_dim)."""
+        rows = range(len(self.executors)) if rows is None else rows
+        actions, histories = [], []
+        for i in rows:
+            executor = self.executors[i]
+            current = {k: _tensor(obs[k][i : i + 1]) for k in self.policy.shapes.obs}
+            actions.append(executor.act(current)[0])
+            histories.append(executor._stacked([0]))
+        batch = {k: torch.cat([h[k] for h in histories]) for k in histories[0]}
+        features = self.policy.encode_obs(batch)
+        return torch.cat([features, torch.stack(actions)], dim=-1)
+
+    def base_action(self, actor_obs: Tensor) -> Tensor:
+        return actor_obs[..., -self.action_dim :]
+
+    def executed_action(self, actor_obs: Tensor, residual: Tensor) -> Tensor:
+        """clip(a_base + r, -1, 1): the critic's action."""
+        return (self.base_action(actor_obs) + residual).clamp(-1.0, 1.0)
+
+
+def _tensor(value: np.ndarray) -> Tensor:
+    return torch.as_tensor(value, dtype=torch.uint8 if value.dtype == np.uint8 else torch.float32)
+
+
+@torch.no_grad()
+def demo_buffer(
+    policy, episodes, discrete_dims: Sequence[int], capacity: int | None = None
+) -> ReplayBuffer:
+    """Demonstrations as transitions (s, a_demo, r, s') with s = [features, relabelled a_base].
+
+    An episode whose last step is done (success) is terminal; otherwise it was cut short and
+    bootstraps. Rewards are the dataset's (sparse: 1 on success).
+    """
+    base = ResidualBase(policy, 1, discrete_dims)
+    total = sum(len(e.actions) for e in episodes)
+    buffer = ReplayBuffer(base.obs_dim, base.action_dim, capacity or max(total, 1), 1)
+    for episode in episodes:
+        base.reset()
+        steps = len(episode.actions)
+        obs_rows = [
+            base.step({k: v[t : t + 1] for k, v in episode.obs.items()}) for t in range(steps)
+        ]
+        final = base.step({k: v[-1:] for k, v in episode.next_obs.items()})
+        states = torch.cat([*obs_rows, final])
+        buffer.add_episode(
+            states[:-1],
+            torch.as_tensor(episode.actions, dtype=torch.float32),
+            torch.as_tensor(episode.rewards, dtype=torch.float32),
+            states[1:],
+            terminated=bool(episode.dones[-1]),
+        )
+    return buffer

@@ -1,0 +1,48 @@
+"""Run logs shared by every training loop: ``metrics.jsonl`` (one JSON object per line, easy to
+plot or grep) and TensorBoard, with the same keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    """``metrics.jsonl`` (one JSON object per line) and TensorBoard, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, prefix: str, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{f"{prefix}/{k}": v for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def eval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "success_rate": summary["success_rate"],
+        "success_ci_low": summary["success_ci95"][0],
+        "success_ci_high": summary["success_ci95"][1],
+        "mean_return": summary["mean_return"],
+        "n_episodes": summary["n_episodes"],
+        "time_per_action_ms": summary["time_per_action_ms"],
+    }

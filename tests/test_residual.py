@@ -1,0 +1,131 @@
+"""Residual RL end to end on a tiny Lift policy: the wrapper, demo relabelling, finetune, eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robopolicy.checkpoint import load_policy
+from robopolicy.cli import main
+from robopolicy.config import ConfigError, load_config
+from robopolicy.data.hdf5 import load_episodes
+from robopolicy.inference.chunking import ChunkExecutor
+from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.finetune import RLDivergedError, finetune
+from robopolicy.rl.networks import DeterministicActor
+from robopolicy.rl.residual import ResidualBase, demo_buffer
+
+GRIPPER = (3,)
+
+
+def _finetune_config(tiny_run, tmp_path, *extra: str) -> FinetuneConfig:
+    overrides = [
+        f"base={tiny_run}",
+        f"run_dir={tmp_path / 'rl'}",
+        "env_steps=40",
+        "warmup_steps=10",
+        "critic_warmup_updates=5",
+        "eval_every=20",
+        "eval_episodes=2",
+        "final_eval_episodes=2",
+        "save_every=20",
+        "log_every=10",
+        "num_threads=1",
+        "agent.hidden_dim=16",
+        "agent.critic_heads=3",
+        "agent.batch_size=8",
+        *extra,
+    ]
+    return load_config(None, FinetuneConfig, overrides)
+
+
+def test_zero_init_residual_reproduces_the_base_exactly(tiny_run) -> None:
+    policy = load_policy(tiny_run)
+    base = ResidualBase(policy, num_envs=2, discrete_dims=GRIPPER)
+    actor = DeterministicActor(base.obs_dim, base.action_dim, 16, 2, scale=0.2, zero_init=True)
+    reference = ChunkExecutor(policy, 2, GRIPPER)
+    rng = np.random.default_rng(0)
+    for step in range(10):  # crosses chunk boundaries
+        obs = {
+            k: rng.normal(size=(2, *shape)).astype(np.float32)
+            for k, shape in policy.shapes.obs.items()
+        }
+        torch.manual_seed(step)
+        actor_obs = base.step(obs)
+        executed = base.executed_action(actor_obs, actor(actor_obs))
+        torch.manual_seed(step)
+        expected = reference.act({k: torch.as_tensor(v) for k, v in obs.items()})
+        assert torch.equal(executed, base.base_action(actor_obs))  # adds exactly nothing
+        # and the base acts as the policy's own chunked execution (batching aside)
+        assert torch.allclose(executed, expected, atol=1e-5)
+
+
+def test_base_queue_resets_per_episode(tiny_run) -> None:
+    base = ResidualBase(load_policy(tiny_run), num_envs=2, discrete_dims=GRIPPER)
+    obs = {k: np.zeros((2, *s), np.float32) for k, s in base.policy.shapes.obs.items()}
+    base.step(obs)
+    assert all(len(e.queues[0]) > 0 for e in base.executors)
+    base.reset(np.array([True, False]))
+    assert len(base.executors[0].queues[0]) == 0 and len(base.executors[1].queues[0]) > 0
+
+
+def test_demo_buffer_relabels_base_actions_and_keeps_demo_actions(tiny_run, lift_demos) -> None:
+    policy = load_policy(tiny_run)
+    episodes = load_episodes(lift_demos, keys=list(policy.shapes.obs))
+    buffer = demo_buffer(policy, episodes, GRIPPER)
+    assert len(buffer) == sum(len(e.actions) for e in episodes)
+    first = episodes[0]
+    n = len(first.actions)
+    stored = buffer.actions[:n, 0]
+    assert torch.allclose(stored, torch.as_tensor(first.actions, dtype=torch.float32))
+    base_actions = buffer.obs[:n, 0, -policy.action_dim :]
+    assert set(base_actions[:, 3].tolist()) <= {-1.0, 1.0}  # thresholded gripper commands
+    assert not torch.allclose(base_actions, stored)  # the base's, not the demonstrator's
+    assert bool(buffer.terminated[n - 1, 0]) == bool(first.dones[-1])
+    # consecutive transitions chain: s'_t == s_{t+1}
+    assert torch.equal(buffer.next_obs[: n - 1, 0], buffer.obs[1:n, 0])
+
+
+def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, capsys) -> None:
+    result = finetune(_finetune_config(tiny_run, tmp_path))
+    run_dir = tmp_path / "rl"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/success_rate" in r for r in rows)
+    assert any("train/critic_loss" in r for r in rows)
+    assert (run_dir / "success.png").is_file()
+    assert [r["env_steps"] for r in result["history"]] == [0, 20, 40]
+    checkpoint = run_dir / "checkpoints" / "0000040"
+    assert (checkpoint / "training_state" / "replay.safetensors").is_file()
+    # robopolicy eval loads the residual with its base
+    assert main(["eval", str(checkpoint), "n_episodes=2", "video_episodes=0"]) == 0
+    assert "residual(td3)" in capsys.readouterr().out
+    # resume from the step-20 checkpoint: continues the counters and reaches the same end
+    resumed = finetune(
+        load_config(None, FinetuneConfig, [f"resume={run_dir / 'checkpoints' / '0000020'}"])
+    )
+    assert resumed["env_steps"] == 40
+    assert [r["env_steps"] for r in resumed["history"]][-1] == 40
+
+
+def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:
+    with pytest.raises(Exception, match="checkpoint not found"):
+        finetune(_finetune_config(tmp_path / "missing", tmp_path))
+    with pytest.raises(ConfigError, match="acts in 4 dims"):
+        finetune(_finetune_config(tiny_run, tmp_path, "env_id=robopolicy/PushT-v0"))
+
+
+def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:
+    original = ResidualBase.step
+
+    def poisoned(self, obs, rows=None):
+        out = original(self, obs, rows)
+        training = len(self.executors) == 2  # not the demo relabelling or the eval's base
+        late = self.executors[0].actions_executed > 12
+        return out * float("nan") if training and late else out
+
+    monkeypatch.setattr(ResidualBase, "step", poisoned)
+    with pytest.raises(RLDivergedError, match="non-finite.*last good checkpoint is .*0000020"):
+        finetune(_finetune_config(tiny_run, tmp_path, "eval_every=0"))

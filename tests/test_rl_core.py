@@ -1,0 +1,250 @@
+"""The off-policy core: n-step replay, critic ensemble, actors, and learning on a tiny task."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from robopolicy.checkpoint import load_training_state, save_checkpoint
+from robopolicy.rl.agent_config import AgentConfig
+from robopolicy.rl.learner import Learner
+from robopolicy.rl.networks import CriticEnsemble, GaussianActor, min_of_random_subset
+from robopolicy.rl.replay import ReplayBuffer, sample_mixed
+
+
+def _episode_buffer(rewards, terminated: bool) -> ReplayBuffer:
+    """One env; obs[t] = t, next_obs[t] = t + 0.5 so a sample names its transitions."""
+    steps = len(rewards)
+    buffer = ReplayBuffer(obs_dim=1, action_dim=1, capacity=16)
+    t = torch.arange(steps, dtype=torch.float32)[:, None]
+    buffer.add_episode(t, torch.zeros(steps, 1), torch.tensor(rewards), t + 0.5, terminated)
+    return buffer
+
+
+def _by_start(batch) -> dict[int, tuple[float, float, float]]:
+    return {
+        int(o): (float(r), float(d), float(n))
+        for o, r, d, n in zip(
+            batch.obs[:, 0], batch.returns, batch.discount, batch.next_obs[:, 0], strict=True
+        )
+    }
+
+
+def test_n_step_returns_on_a_hand_made_episode() -> None:
+    buffer = _episode_buffer([1.0, 2.0, 3.0, 4.0], terminated=True)
+    rows = _by_start(buffer.sample(400, n_step=3, gamma=0.5))
+    assert rows[0] == pytest.approx((1 + 0.5 * 2 + 0.25 * 3, 0.125, 2.5))
+    assert rows[1] == pytest.approx((2 + 0.5 * 3 + 0.25 * 4, 0.0, 3.5))  # ends terminated
+    assert rows[2] == pytest.approx((3 + 0.5 * 4, 0.0, 3.5))
+    assert rows[3] == pytest.approx((4.0, 0.0, 3.5))
+
+
+def test_truncation_bootstraps_but_termination_does_not() -> None:
+    rows = _by_start(_episode_buffer([1.0, 2.0], terminated=False).sample(200, 3, 0.5))
+    # cut by the time limit: the sum stops at the end, the target bootstraps from the last s'
+    assert rows[0] == pytest.approx((1 + 0.5 * 2, 0.25, 1.5))
+    assert rows[1] == pytest.approx((2.0, 0.5, 1.5))
+
+
+def test_n_step_never_crosses_into_the_next_episode_or_another_env() -> None:
+    buffer = ReplayBuffer(obs_dim=1, action_dim=1, capacity=40, num_envs=2)
+    # env 0: episodes [0, 1] then [2, 3, ...]; env 1 always rewards 100 (must never leak in)
+    for t in range(6):
+        ended = torch.tensor([t == 1, False])
+        buffer.add(
+            torch.tensor([[float(t)], [100.0 + t]]),
+            torch.zeros(2, 1),
+            torch.tensor([1.0, 100.0]),
+            torch.tensor([[t + 0.5], [100.5 + t]]),
+            ended,
+            torch.zeros(2, dtype=torch.bool),
+        )
+    rows = _by_start(buffer.sample(500, n_step=3, gamma=1.0))
+    assert rows[0] == pytest.approx((2.0, 0.0, 1.5))  # stops at the terminal step 1
+    assert rows[2] == pytest.approx((3.0, 1.0, 4.5))
+    assert rows[5] == pytest.approx((1.0, 1.0, 5.5))  # the newest row: a 1-step target
+    assert rows[104] == pytest.approx((200.0, 1.0, 105.5))
+
+
+def test_ring_buffer_overwrites_oldest_and_round_trips(tmp_path) -> None:
+    buffer = ReplayBuffer(obs_dim=1, action_dim=1, capacity=4)
+    for t in range(7):
+        buffer.add(
+            torch.tensor([[float(t)]]),
+            torch.zeros(1, 1),
+            torch.ones(1),
+            torch.tensor([[t + 0.5]]),
+            torch.zeros(1),
+            torch.zeros(1),
+        )
+    assert len(buffer) == 4
+    assert set(_by_start(buffer.sample(200, 1, 0.9))) == {3, 4, 5, 6}
+    copy = ReplayBuffer(obs_dim=1, action_dim=1, capacity=4)
+    copy.load_state_dict(buffer.state_dict())
+    torch.manual_seed(0)
+    a = buffer.sample(32, 3, 0.9)
+    torch.manual_seed(0)
+    b = copy.sample(32, 3, 0.9)
+    assert all(torch.equal(x, y) for x, y in zip(a.as_tuple(), b.as_tuple(), strict=True))
+
+
+def test_replay_rejects_non_finite_observations() -> None:
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=4)
+    with pytest.raises(ValueError, match="non-finite values in obs"):
+        buffer.add(
+            torch.tensor([[0.0, math.nan]]),
+            torch.zeros(1, 1),
+            torch.zeros(1),
+            torch.zeros(1, 2),
+            torch.zeros(1),
+            torch.zeros(1),
+        )
+
+
+def test_mixed_sampling_takes_the_demo_share() -> None:
+    online = _episode_buffer([0.0] * 5, terminated=False)
+    demos = _episode_buffer([7.0] * 5, terminated=True)
+    batch = sample_mixed(online, demos, 64, demo_fraction=0.25, n_step=1, gamma=0.9)
+    assert batch.obs.shape == (64, 1)
+    assert int((batch.returns == 7.0).sum()) == 16
+
+
+def test_critic_heads_are_independent_and_subset_min_is_a_min() -> None:
+    critic = CriticEnsemble(obs_dim=3, action_dim=2, num_heads=5, hidden_dim=16, num_layers=2)
+    q = critic(torch.randn(7, 3), torch.randn(7, 2))
+    assert q.shape == (5, 7)
+    assert not torch.allclose(q[0], q[1])
+    low = min_of_random_subset(q, 2, torch.Generator().manual_seed(0))
+    assert (low >= q.min(0).values - 1e-6).all() and (low <= q.max(0).values + 1e-6).all()
+
+
+def test_gaussian_actor_log_prob_matches_torch_distributions() -> None:
+    torch.manual_seed(0)
+    actor = GaussianActor(obs_dim=3, action_dim=2, hidden_dim=16, num_layers=1, scale=2.0)
+    obs = torch.randn(4, 3)
+    torch.manual_seed(1)
+    action, log_prob = actor(obs)
+    mean, log_std = actor.net(obs).chunk(2, dim=-1)
+    log_std = -5.0 + 0.5 * 7.0 * (torch.tanh(log_std) + 1)
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [torch.distributions.TanhTransform(), torch.distributions.AffineTransform(0.0, 2.0)],
+    )
+    expected = dist.log_prob(action.clamp(-2 + 1e-5, 2 - 1e-5)).sum(-1)
+    assert torch.allclose(log_prob, expected, atol=1e-3)
+
+
+def _point_mass_return(learner: Learner, starts: torch.Tensor, residual: bool) -> float:
+    """x' = x + 0.2 a, reward -x'^2, 10 steps; the base action is 0 (it does nothing)."""
+    x, total = starts.clone(), 0.0
+    for _ in range(10):
+        obs = torch.stack([x, torch.zeros_like(x)], dim=1)
+        a = learner.critic_action(obs, learner.act(obs, explore=False)) if residual else 0 * x
+        x = x + 0.2 * a.reshape(-1)
+        total += float((-(x**2)).mean())
+    return total
+
+
+def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps() -> None:
+    torch.manual_seed(0)
+    cfg = AgentConfig(
+        hidden_dim=64,
+        critic_heads=4,
+        batch_size=64,
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        zero_init_actor=True,
+        n_step=1,
+        gamma=0.9,
+    )
+    learner = Learner(
+        cfg, obs_dim=2, action_dim=1, critic_action=lambda obs, r: (obs[:, -1:] + r).clamp(-1, 1)
+    )
+    starts = torch.linspace(-1, 1, 21)
+    before = _point_mass_return(learner, starts, residual=True)
+    assert before == pytest.approx(_point_mass_return(learner, starts, residual=False))
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=1000)
+    x = torch.rand(1) * 2 - 1
+    for step in range(400):
+        obs = torch.stack([x, torch.zeros(1)], dim=1)
+        executed = learner.critic_action(obs, learner.act(obs, explore=True))
+        x_next = x + 0.2 * executed.reshape(-1)
+        truncated = torch.tensor([step % 10 == 9])
+        buffer.add(
+            obs,
+            executed,
+            -(x_next**2),
+            torch.stack([x_next, torch.zeros(1)], 1),
+            torch.zeros(1),
+            truncated,
+        )
+        x = torch.rand(1) * 2 - 1 if truncated else x_next
+        if step >= 50:
+            learner.update(buffer.sample(64, 1, 0.9))
+    after = _point_mass_return(learner, starts, residual=True)
+    assert after > before + 0.5 * abs(before)  # at least halves the accumulated cost
+
+
+def test_sac_learns_the_same_point_mass() -> None:
+    torch.manual_seed(0)
+    cfg = AgentConfig(
+        algo="sac",
+        hidden_dim=64,
+        critic_heads=2,
+        batch_size=64,
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        n_step=1,
+        gamma=0.9,
+        init_alpha=0.05,
+    )
+    learner = Learner(cfg, obs_dim=2, action_dim=1)
+    starts = torch.linspace(-1, 1, 21)
+    before = _point_mass_return(learner, starts, residual=True)
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=1000)
+    x = torch.rand(1) * 2 - 1
+    for step in range(400):
+        obs = torch.stack([x, torch.zeros(1)], dim=1)
+        action = learner.act(obs, explore=True)
+        x_next = x + 0.2 * action.reshape(-1)
+        truncated = torch.tensor([step % 10 == 9])
+        buffer.add(
+            obs,
+            action,
+            -(x_next**2),
+            torch.stack([x_next, torch.zeros(1)], 1),
+            torch.zeros(1),
+            truncated,
+        )
+        x = torch.rand(1) * 2 - 1 if truncated else x_next
+        if step >= 50:
+            learner.update(buffer.sample(64, 1, 0.9))
+    assert _point_mass_return(learner, starts, residual=True) > before + 0.3 * abs(before)
+
+
+def test_learner_state_round_trips_through_a_checkpoint(tmp_path) -> None:
+    cfg = AgentConfig(algo="sac", hidden_dim=16, critic_heads=2, batch_size=8)
+    a, b = Learner(cfg, 3, 2), Learner(cfg, 3, 2)
+    buffer = ReplayBuffer(3, 2, 16)
+    buffer.add_episode(torch.randn(5, 3), torch.rand(5, 2), torch.ones(5), torch.randn(5, 3), True)
+    for _ in range(3):
+        a.update(buffer.sample(8, 1, 0.9))
+    save_checkpoint(tmp_path / "ckpt", {}, {}, step=3, training_state=a.training_state())
+    b.load_training_state(load_training_state(tmp_path / "ckpt"))
+    torch.manual_seed(3)
+    batch = buffer.sample(8, 1, 0.9)
+    torch.manual_seed(4)
+    a.update(batch)
+    torch.manual_seed(4)
+    b.update(batch)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_bad_agent_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="target_subset"):
+        Learner(AgentConfig(critic_heads=2, target_subset=3), 3, 2)
+    with pytest.raises(ValueError, match="algo"):
+        Learner(AgentConfig(algo="ppo"), 3, 2)
