@@ -32,6 +32,7 @@ from robopolicy.config import ConfigError, to_dict
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent, flatten_obs
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
 from robopolicy.rl.learner import Learner
+from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
 from robopolicy.runlog import RunLogger, eval_metrics
@@ -74,31 +75,26 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir = _run_dir(cfg, resume_from)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
-    residual = cfg.method == "residual"
-    base = ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims) if residual else None
-    critic_action = base.executed_action if residual else (lambda obs, action: action)
-    learner = Learner(cfg.agent, setup.obs_dim, setup.action_dim, critic_action=critic_action)
-    online = ReplayBuffer(setup.obs_dim, setup.action_dim, cfg.buffer_capacity, cfg.num_envs)
-    counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
-    if resume_from is not None:
-        _restore(resume_from, learner, online, counters)
-
-    def observe(obs, rows=None) -> torch.Tensor:
-        if residual:
-            return base.step(obs, rows)
-        flat = flatten_obs(obs, setup.obs_keys)
-        return flat if rows is None else flat[list(rows)]
-
-    def next_seeds(mask: np.ndarray) -> list[int | None]:
-        seeds: list[int | None] = []
-        for started in mask:
-            seeds.append(
-                (cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"] if started else None
-            )
-            counters["episodes"] += int(started)
-        return seeds
-
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs)
+    counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
+    learner = online = None
+    try:
+        mdp = _make_mdp(cfg, setup, envs)
+        learner = Learner(
+            cfg.agent,
+            mdp.obs_dim,
+            mdp.action_dim,
+            critic_action_dim=mdp.critic_action_dim,
+            critic_action=mdp.critic_action,
+        )
+        online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
+        if resume_from is not None:
+            _restore(resume_from, learner, online, counters)
+        mdp.episodes = counters["episodes"]
+        mdp.seeds = seed_stream((cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"])
+    except BaseException:
+        envs.close()
+        raise
     logger = RunLogger(run_dir, enabled=True)
     recent = deque(maxlen=20)  # (success, return) of the latest training episodes
     running_return = np.zeros(cfg.num_envs)
@@ -132,48 +128,37 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     try:
         if counters["env_steps"] == 0 and cfg.eval_every:
             evaluate_now(cfg.eval_episodes)  # the starting point: the base policy (or random)
-        obs, _ = envs.reset(seed=next_seeds(np.ones(cfg.num_envs, dtype=bool)))
-        if base is not None:
-            base.reset()
-        state = observe(obs)
+        state = mdp.reset()
         while counters["env_steps"] < cfg.env_steps:
             # ---- act ----------------------------------------------------------------------
             if counters["env_steps"] < cfg.warmup_steps:
-                action = _warmup_action(cfg, state.shape[0], setup.action_dim)
+                action = _warmup_action(cfg, state.shape[0], mdp.action_dim)
             else:
                 action = learner.act(state, explore=True)
-            executed = critic_action(state, action)
-            next_obs, reward, terminated, truncated, info = envs.step(executed.numpy())
-            ended = terminated | truncated
+            step = mdp.step(action)
             try:
-                next_state = observe(next_obs)  # ended rows: the final obs (bootstrap if truncated)
                 online.add(
                     state,
-                    executed,
-                    torch.as_tensor(reward, dtype=torch.float32),
-                    next_state,
-                    torch.as_tensor(terminated),
-                    torch.as_tensor(truncated),
+                    step.critic_action,
+                    step.reward,
+                    step.next_state,
+                    torch.as_tensor(step.terminated),
+                    torch.as_tensor(step.truncated),
                 )
             except ValueError as err:
                 raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
-            running_return += reward
-            running_success |= np.asarray(
-                info.get("is_success", np.zeros(cfg.num_envs, dtype=bool)), dtype=bool
-            )
-            if ended.any():
-                for i in np.flatnonzero(ended):
-                    recent.append((bool(running_success[i]), float(running_return[i])))
-                running_return[ended] = 0.0
-                running_success[ended] = False
-                fresh, _ = envs.reset(seed=next_seeds(ended), options={"reset_mask": ended.copy()})
-                if base is not None:
-                    base.reset(ended)
-                next_state[torch.as_tensor(ended)] = observe(fresh, np.flatnonzero(ended))
-            state = next_state
+            running_return += step.reward.numpy()
+            running_success |= step.success
+            ended = step.terminated | step.truncated
+            for i in np.flatnonzero(ended):
+                recent.append((bool(running_success[i]), float(running_return[i])))
+            running_return[ended] = 0.0
+            running_success[ended] = False
+            counters["episodes"] = mdp.episodes
+            state = step.start_state
             before = counters["env_steps"]
-            counters["env_steps"] += cfg.num_envs
-            progress.update(cfg.num_envs)
+            counters["env_steps"] += step.env_steps
+            progress.update(step.env_steps)
 
             # ---- learn --------------------------------------------------------------------
             if counters["env_steps"] >= cfg.warmup_steps:
@@ -281,6 +266,18 @@ def _setup(cfg: FinetuneConfig) -> Setup:
         episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
         setup.demos = demo_buffer(policy, episodes, discrete)
     return setup
+
+
+def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
+    seeds = seed_stream(0)  # replaced once the episode count is known (resume)
+    if cfg.method == "residual":
+        return ResidualMDP(
+            envs, seeds, ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        )
+    mdp = FlatMDP(envs, seeds, setup.obs_keys)
+    mdp.obs_dim, mdp.action_dim = setup.obs_dim, setup.action_dim
+    mdp.critic_action_dim = setup.action_dim
+    return mdp
 
 
 def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
