@@ -175,6 +175,17 @@ class BasePolicy(nn.Module):
         return self.normalizer.unnormalize("actions", actions)
 
     @torch.no_grad()
+    def chunk_from_features(self, features: Tensor, noise: Tensor) -> Tensor:
+        """``predict_chunk`` from observations already encoded by ``encode_obs`` (B, cond_dim).
+
+        DSRL's noise-aliased critic decodes many noises per state: encoding once saves time.
+        """
+        shape = (features.shape[0], self.pred_horizon, self.action_dim)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape}")
+        return self.normalizer.unnormalize("actions", self._sample(features, noise, None, None))
+
+    @torch.no_grad()
     def select_action(self, obs: dict[str, Tensor]) -> Tensor:
         """The next action (B, A) for the current observation (B, ...), without a time axis.
 

@@ -104,6 +104,17 @@ def load_rl_agent(path, config: dict):
     if rl["method"] == "scratch":
         return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
     policy = load_policy(rl["base"])
+    if rl["method"].startswith("dsrl"):
+        from robopolicy.rl.dsrl import NoiseAgent
+
+        noise_dim = policy.pred_horizon * policy.action_dim
+        if (rl["obs_dim"], rl["action_dim"]) != (policy.obs_encoder.out_dim, noise_dim):
+            raise CheckpointError(
+                f"{path}: the noise actor maps {rl['obs_dim']} features to {rl['action_dim']} "
+                f"noise dims but its base {rl['base']} has {policy.obs_encoder.out_dim} and "
+                f"{noise_dim}"
+            )
+        return NoiseAgent(policy, actor, name=rl["method"])
     expected = policy.obs_encoder.out_dim + policy.action_dim
     if expected != rl["obs_dim"]:
         raise CheckpointError(

@@ -7,19 +7,23 @@ from typing import Any
 
 from robopolicy.rl.agent_config import AgentConfig
 
-METHODS = ("residual", "scratch")
+METHODS = ("residual", "dsrl_sac", "dsrl_na", "scratch")
+BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na")  # methods that wrap a frozen BC policy
 
 
 @dataclass
 class FinetuneConfig:
     name: str = "finetune"
-    method: str = "residual"  # residual | scratch (plain RL on the env's observations)
-    base: str | None = None  # residual: the frozen BC checkpoint (a run or checkpoint dir)
+    # residual | dsrl_sac | dsrl_na | scratch (plain RL on the env's observations).
+    # DSRL's noise bound m is agent.action_scale.
+    method: str = "residual"
+    base: str | None = None  # the frozen BC checkpoint (a run or checkpoint dir)
     env_id: str | None = None  # default: the base's task
     env_kwargs: dict[str, Any] | None = None  # default: the base's task (else {})
     obs_keys: list[str] | None = None  # scratch on a dict-observation env: keys to use
     demos: str | None = None  # residual: demo dataset (default: the base's training data)
-    demo_fraction: float = 0.5  # share of each batch drawn from demonstrations
+    demo_fraction: float = 0.5  # residual: share of each batch drawn from demonstrations
+    reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
     seed: int = 0
@@ -27,7 +31,9 @@ class FinetuneConfig:
     num_envs: int = 2
     warmup_steps: int = 2000  # env steps before learning: base (+ noise) or random actions
     critic_warmup_updates: int = 2000  # critic-only updates before the actor learns
-    updates_per_step: float = 1.0  # gradient updates per env step (UTD)
+    # gradient updates per agent step of each sub-env (UTD): per env step for residual and
+    # scratch, per executed chunk for DSRL
+    updates_per_step: float = 1.0
     buffer_capacity: int = 200_000
     eval_every: int = 5000  # env steps (0: only at the end)
     eval_episodes: int = 20
@@ -42,8 +48,10 @@ class FinetuneConfig:
 def validate_finetune_config(cfg: FinetuneConfig) -> None:
     if cfg.method not in METHODS:
         raise ValueError(f"method {cfg.method!r} not in {METHODS}")
-    if cfg.method == "residual" and not cfg.base:
-        raise ValueError("method residual needs base=<BC checkpoint>")
+    if cfg.method in BASE_METHODS and not cfg.base:
+        raise ValueError(f"method {cfg.method} needs base=<BC checkpoint>")
+    if cfg.method != "residual" and cfg.demo_fraction > 0:
+        raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual)")
     if cfg.method == "scratch" and not cfg.env_id:
         raise ValueError("method scratch needs env_id=...")
     if not 0 <= cfg.demo_fraction < 1:

@@ -31,6 +31,7 @@ from robopolicy.checkpoint import (
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent, flatten_obs
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
+from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
@@ -75,18 +76,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     run_dir = _run_dir(cfg, resume_from)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
-    envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs)
+    # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
+    asynchronous = not cfg.method.startswith("dsrl")
+    envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
     learner = online = None
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = Learner(
-            cfg.agent,
-            mdp.obs_dim,
-            mdp.action_dim,
-            critic_action_dim=mdp.critic_action_dim,
-            critic_action=mdp.critic_action,
-        )
+        setup.obs_dim, setup.action_dim = mdp.obs_dim, mdp.action_dim  # the actor's
+        learner = _make_learner(cfg, mdp)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
             _restore(resume_from, learner, online, counters)
@@ -140,7 +138,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 online.add(
                     state,
                     step.critic_action,
-                    step.reward,
+                    step.reward + cfg.reward_offset,
                     step.next_state,
                     torch.as_tensor(step.terminated),
                     torch.as_tensor(step.truncated),
@@ -162,7 +160,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
             # ---- learn --------------------------------------------------------------------
             if counters["env_steps"] >= cfg.warmup_steps:
-                counters["update_budget"] += cfg.updates_per_step * cfg.num_envs
+                counters["update_budget"] += cfg.updates_per_step * cfg.num_envs  # agent steps
                 while counters["update_budget"] >= 1:
                     batch = sample_mixed(
                         online,
@@ -262,7 +260,7 @@ def _setup(cfg: FinetuneConfig) -> Setup:
         discrete_dims=discrete,
     )
     demos_path = cfg.demos or task.get("dataset")
-    if cfg.demo_fraction > 0 and demos_path:
+    if cfg.method == "residual" and cfg.demo_fraction > 0 and demos_path:
         episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
         setup.demos = demo_buffer(policy, episodes, discrete)
     return setup
@@ -271,18 +269,34 @@ def _setup(cfg: FinetuneConfig) -> Setup:
 def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     seeds = seed_stream(0)  # replaced once the episode count is known (resume)
     if cfg.method == "residual":
-        return ResidualMDP(
-            envs, seeds, ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        base = ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        return ResidualMDP(envs, seeds, base)
+    if cfg.method.startswith("dsrl"):
+        base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
+    return FlatMDP(envs, seeds, setup.obs_keys, setup.obs_dim, setup.action_dim)
+
+
+def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
+    if cfg.method == "dsrl_na":
+        return NoiseAliasingLearner(
+            cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
         )
-    mdp = FlatMDP(envs, seeds, setup.obs_keys)
-    mdp.obs_dim, mdp.action_dim = setup.obs_dim, setup.action_dim
-    mdp.critic_action_dim = setup.action_dim
-    return mdp
+    return Learner(
+        cfg.agent,
+        mdp.obs_dim,
+        mdp.action_dim,
+        critic_action_dim=mdp.critic_action_dim,
+        critic_action=mdp.critic_action,
+    )
 
 
 def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
-    """Residual: the base action plus small Gaussian noise; scratch: uniform random actions."""
+    """Residual: the base action plus small Gaussian noise; DSRL: the base's own N(0, I) noise
+    (within the bound); scratch: uniform random actions."""
     scale = cfg.agent.action_scale
+    if cfg.method.startswith("dsrl"):
+        return torch.randn(n, action_dim).clamp(-scale, scale)
     if cfg.method == "residual":
         return (cfg.agent.explore_std * scale * torch.randn(n, action_dim)).clamp(-scale, scale)
     return scale * (2 * torch.rand(n, action_dim) - 1)
@@ -292,6 +306,8 @@ def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner):
     actor = copy.deepcopy(learner.actor).eval()
     if cfg.method == "residual":
         return ResidualAgent(setup.policy, actor, name=f"residual({cfg.agent.algo})")
+    if cfg.method.startswith("dsrl"):
+        return NoiseAgent(setup.policy, actor, name=cfg.method)
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
 
 

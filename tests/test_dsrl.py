@@ -1,0 +1,151 @@
+"""DSRL: the noise-action MDP, determinism, the noise bound, and noise-aliasing distillation."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from bc_fixtures import tiny_policy
+
+from robopolicy.cli import main
+from robopolicy.config import load_config
+from robopolicy.rl.agent_config import AgentConfig
+from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP
+from robopolicy.rl.finetune import finetune
+from robopolicy.rl.mdp import seed_stream
+
+
+class CountingEnv(gym.Env):
+    """Reward 1 per step; the episode terminates after ``length`` steps (seeded: 5 or 6)."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({"state": gym.spaces.Box(-9, 9, (3,))})
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        self.t = 0
+        self.length = 5
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, 5 + (seed or 0) % 2
+        return {"state": np.full(3, 0.1 * self.t, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        obs = {"state": np.full(3, 0.1 * self.t, np.float32)}
+        return obs, 1.0, done, False, {"is_success": done}
+
+
+def _mdp(chunk_critic: bool = False) -> NoiseMDP:
+    envs = gym.vector.SyncVectorEnv(
+        [CountingEnv, CountingEnv], autoreset_mode=gym.vector.AutoresetMode.DISABLED
+    )
+    base = NoiseBase(tiny_policy("diffusion", "mlp"), num_envs=2)
+    return NoiseMDP(envs, seed_stream(0), base, chunk_critic=chunk_critic)
+
+
+def test_same_noise_gives_the_same_chunk() -> None:
+    base = NoiseBase(tiny_policy("diffusion", "mlp", sampler="ddpm"), num_envs=1)
+    assert base.policy.cfg.sampler == "ddim"  # switched: DDPM adds fresh noise
+    base.push({"state": np.ones((1, 3), np.float32)}, [0])
+    features = base.features([0])
+    noise = torch.randn(1, base.noise_dim)
+    first = base.decode(features, noise)
+    assert torch.equal(first, base.decode(features, noise))
+    assert not torch.equal(first, base.decode(features, torch.randn(1, base.noise_dim)))
+    assert first.shape == (1, base.chunk_dim)
+
+
+def test_chunk_reward_is_the_sum_and_episode_end_ends_the_step() -> None:
+    mdp = _mdp()
+    mdp.reset()  # seeds 0, 1: episodes of 5 and 6 steps; chunks of 4 actions
+    first = mdp.step(torch.zeros(2, mdp.action_dim))
+    assert first.reward.tolist() == [4.0, 4.0] and first.env_steps == 8
+    assert not first.terminated.any()
+    second = mdp.step(torch.zeros(2, mdp.action_dim))
+    assert second.reward.tolist() == [1.0, 2.0]  # each stops where its episode ends
+    assert second.terminated.tolist() == [True, True] and second.success.all()
+    assert second.env_steps == 3
+    assert mdp.episodes == 4  # both restarted with fresh seeds
+    assert torch.equal(second.start_state[0], mdp.base.features([0])[0])
+
+
+def test_noise_aliasing_critic_scores_the_executed_chunk() -> None:
+    mdp = _mdp(chunk_critic=True)
+    state = mdp.reset()
+    noise = torch.randn(2, mdp.action_dim)
+    step = mdp.step(noise)
+    assert step.critic_action.shape == (2, mdp.base.chunk_dim)
+    assert torch.equal(step.critic_action, mdp.base.decode(state, noise))
+
+
+def _na_learner(bound: float) -> NoiseAliasingLearner:
+    cfg = AgentConfig(
+        algo="sac", hidden_dim=32, critic_heads=2, batch_size=32, action_scale=bound, critic_lr=3e-3
+    )
+    return NoiseAliasingLearner(
+        cfg,
+        obs_dim=3,
+        noise_dim=4,
+        chunk_dim=2,
+        decode=lambda s, w: torch.tanh(w[:, :2] + s[:, :2]),
+    )
+
+
+def test_both_variants_respect_the_noise_bound() -> None:
+    learner = _na_learner(bound=0.5)
+    seen = []
+    decode = learner.critic_action
+    learner.critic_action = lambda s, w: seen.append(w.abs().max()) or decode(s, w)
+    learner.distill(torch.randn(256, 3))
+    assert max(seen) <= 0.5
+    actions = learner.act(torch.randn(256, 3), explore=True)
+    assert actions.abs().max() <= 0.5
+
+
+def test_distillation_moves_q_w_toward_q_a() -> None:
+    torch.manual_seed(0)
+    learner = _na_learner(bound=1.5)
+    obs = torch.randn(512, 3)
+
+    def gap() -> float:
+        noise = torch.randn(512, 4).clamp(-1.5, 1.5)
+        with torch.no_grad():
+            q_a = learner.critic(obs, learner.critic_action(obs, noise))
+            return float(((learner.noise_critic(obs, noise) - q_a) ** 2).mean())
+
+    before = gap()
+    for _ in range(300):
+        learner.distill(obs[torch.randint(0, 512, (64,))])
+    assert gap() < 0.1 * before
+
+
+@pytest.mark.parametrize("method", ["dsrl_na", "dsrl_sac"])
+def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
+    cfg = load_config(
+        None,
+        FinetuneConfig,
+        [
+            f"method={method}",
+            f"base={tiny_run}",
+            f"run_dir={tmp_path / method}",
+            "env_steps=64",
+            "warmup_steps=16",
+            "eval_every=0",
+            "final_eval_episodes=2",
+            "demo_fraction=0",
+            "reward_offset=-1",
+            "num_threads=1",
+            "agent.algo=sac",
+            "agent.hidden_dim=16",
+            "agent.critic_heads=2",
+            "agent.batch_size=8",
+            "agent.action_scale=1.5",
+        ],
+    )
+    result = finetune(cfg)
+    assert result["env_steps"] >= 64  # executed actions, chunk by chunk
+    assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0
+    assert method in capsys.readouterr().out
