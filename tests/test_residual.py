@@ -129,3 +129,40 @@ def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(ResidualBase, "step", poisoned)
     with pytest.raises(RLDivergedError, match="non-finite.*last good checkpoint is .*0000020"):
         finetune(_finetune_config(tiny_run, tmp_path, "eval_every=0"))
+
+
+def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from robopolicy.bench import rl
+
+    tiny = ["agent.hidden_dim=16", "agent.critic_heads=2", "agent.batch_size=8", "num_threads=1"]
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(rl.Config),
+        {
+            "suite": "residual",
+            "tasks": [
+                {
+                    "name": "lift",
+                    "base_train_config": "train/lift_diffusion_mlp_scarce.yaml",
+                    "collect_config": "collect/lift_scarce.yaml",
+                    "base": str(tiny_run),
+                    "methods": {"residual": "rl/residual_lift.yaml"},
+                }
+            ],
+            "seeds": [0, 1],
+            "env_steps": 20,
+            "eval_every": 10,
+            "eval_episodes": 2,
+            "final_eval_episodes": 2,
+            "overrides": ["warmup_steps=10", "critic_warmup_updates=2", *tiny],
+            "out_root": str(tmp_path),
+        },
+    )
+    results = rl.run(cfg)
+    runs = results["tasks"]["lift"]["runs"]
+    assert sorted(runs) == ["residual/seed0", "residual/seed1"]
+    assert [step for step, _ in runs["residual/seed0"]["curve"]] == [0, 10, 20]
+    out = next((tmp_path / "residual").iterdir())
+    assert (out / "lift.png").is_file()
+    assert "BC base (no RL)" in (out / "report.md").read_text()

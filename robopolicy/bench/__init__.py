@@ -15,7 +15,8 @@ SUITES = {
     "bc": "robopolicy.bench.bc",
     "rti": "robopolicy.bench.rti",
     "deploy": "robopolicy.bench.deploy",
-    "residual": "robopolicy.bench.residual",
+    "residual": "robopolicy.bench.rl",
+    "dsrl": "robopolicy.bench.rl",
 }
 
 

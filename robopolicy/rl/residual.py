@@ -7,6 +7,7 @@ At every control step of every sub-env::
     actor input  s = [encoder features of the base's observation history, a_base]
     residual     r = scale * tanh(mu(s)) (+ exploration noise), last layer zero-initialised
     executed     a = clip(a_base + r, -1, 1)          <- what the env and the critic see
+                 (open/close dims thresholded to +-1, so the gripper command stays the base's)
 
 The base is never trained; its encoder is the actor's and critic's feature extractor (images
 included), so no second encoder learns. Demonstrations enter the replay with the base action
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from robopolicy.inference.chunking import ChunkExecutor
+from robopolicy.inference.executor import threshold_discrete
 from robopolicy.rl.replay import ReplayBuffer
 
 
@@ -64,8 +66,14 @@ class ResidualBase:
         return actor_obs[..., -self.action_dim :]
 
     def executed_action(self, actor_obs: Tensor, residual: Tensor) -> Tensor:
-        """clip(a_base + r, -1, 1): the critic's action."""
-        return (self.base_action(actor_obs) + residual).clamp(-1.0, 1.0)
+        """clip(a_base + r, -1, 1), open/close dims thresholded to +-1: the critic's action.
+
+        The env reads the gripper dimension as a finger position, so an unthresholded residual
+        would hold the cube with a slightly open hand; a correction of |r| < 1 never flips a
+        thresholded command, so the gripper stays the base's.
+        """
+        executed = (self.base_action(actor_obs) + residual).clamp(-1.0, 1.0)
+        return threshold_discrete(executed, self.discrete_dims)
 
 
 def _tensor(value: np.ndarray) -> Tensor:

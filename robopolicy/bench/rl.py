@@ -1,10 +1,11 @@
-"""``robopolicy bench residual``: residual RL against SAC from scratch on the scarce-data tasks.
+"""``robopolicy bench residual`` and ``robopolicy bench dsrl``: RL methods side by side on the
+scarce-data tasks (which methods: ``configs/bench/<suite>.yaml``).
 
 For each task: train the scarce-data BC base if no checkpoint is given (collecting its data if
 missing), then run each method for each seed with the same env-step budget, evaluating every
-``eval_every`` env steps. Reports success against env steps (plot per task, seeds as thin
-lines, their mean bold), the final success with its Wilson interval, the env steps at which
-the eval success first reached ``target``, and the wall time of each run.
+``eval_every`` env steps. Reports success against env steps (plot per task: the base as a
+dashed line, seeds as thin lines, their mean bold), the final success with its Wilson
+interval, the env steps at which the eval success first reached ``target``, and the wall time.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.config import CONFIG_DIR, load_config, to_dict
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
+from robopolicy.sim.evaluate import EvalConfig, run_eval_config
 from robopolicy.training.bc import train_bc
 from robopolicy.training.config import TrainConfig
 
@@ -39,6 +41,7 @@ class Task:
 
 @dataclass
 class Config:
+    suite: str = "residual"  # names the output folder runs/bench/<suite>/
     tasks: list[Task] = field(default_factory=list)
     only: list[str] = field(default_factory=list)  # task names (empty: all)
     methods: list[str] = field(default_factory=list)  # method labels (empty: all)
@@ -53,12 +56,12 @@ class Config:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    out = new_run_dir(cfg.out_root, "residual")
+    out = new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
-        "suite": "residual",
+        "suite": cfg.suite,
         "machine": machine_info(),
         "settings": {
-            k: getattr(cfg, k)
+            k: to_dict(cfg)[k]
             for k in (
                 "seeds",
                 "env_steps",
@@ -66,26 +69,42 @@ def run(cfg: Config) -> dict[str, Any]:
                 "eval_episodes",
                 "final_eval_episodes",
                 "target",
+                "overrides",
             )
         },
         "tasks": {},
     }
     for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
         base = task.base or _train_base(task, out)
-        entry: dict[str, Any] = {"base": str(base), "runs": {}}
+        print(f"[bench {cfg.suite}] {task.name} base policy")
+        base_eval = run_eval_config(
+            EvalConfig(
+                checkpoint=str(base),
+                n_episodes=cfg.final_eval_episodes,
+                video_episodes=0,
+                out_dir=str(out / task.name / "base_eval"),
+            )
+        )
+        entry: dict[str, Any] = {
+            "base": str(base),
+            "base_success": base_eval["success_rate"],
+            "base_ci95": base_eval["success_ci95"],
+            "base_n": base_eval["n_episodes"],
+            "runs": {},
+        }
         results["tasks"][task.name] = entry
         for label, config in task.methods.items():
             if cfg.methods and label not in cfg.methods:
                 continue
             for seed in cfg.seeds:
-                print(f"[bench residual] {task.name} {label} seed {seed}")
+                print(f"[bench {cfg.suite}] {task.name} {label} seed {seed}")
                 entry["runs"][f"{label}/seed{seed}"] = _one_run(
                     cfg, config, base, seed, out / task.name / label / f"seed{seed}"
                 )
                 write_results(out, results, _report(results))  # keep finished runs
         _plot(task.name, entry, cfg, out / f"{task.name}.png")
     write_results(out, results, _report(results))
-    print(f"[bench residual] wrote {out}/report.md")
+    print(f"[bench {cfg.suite}] wrote {out}/report.md")
     for line in _summary_rows(results):
         print("  " + " | ".join(str(c) for c in line))
     return results
@@ -159,7 +178,8 @@ def _plot(name: str, entry: dict, cfg: Config, path: Path) -> None:
         ax.plot(
             curves[0][:length, 0], mean, color=color, lw=2.5, label=f"{label} (mean of {len(runs)})"
         )
-    ax.axhline(cfg.target, color="grey", ls="--", lw=1)
+    ax.axhline(cfg.target, color="grey", ls=":", lw=1)
+    ax.axhline(entry["base_success"], color="black", ls="--", lw=1.5, label="BC base")
     ax.set(
         xlabel="env steps",
         ylabel=f"eval success ({cfg.eval_episodes} episodes)",
@@ -175,6 +195,18 @@ def _plot(name: str, entry: dict, cfg: Config, path: Path) -> None:
 def _summary_rows(results: dict) -> list[list[Any]]:
     rows = []
     for task, entry in results["tasks"].items():
+        low, high = entry["base_ci95"]
+        rows.append(
+            [
+                task,
+                "BC base (no RL)",
+                "-",
+                "-",
+                f"{entry['base_success']:.0%} [{low:.0%}, {high:.0%}]",
+                "-",
+                "-",
+            ]
+        )
         for label, runs in _by_method(entry).items():
             start = np.mean([r["curve"][0][1] for r in runs])
             finals = ", ".join(
@@ -210,7 +242,7 @@ def _report(results: dict) -> str:
     ]
     return "\n".join(
         [
-            "# robopolicy bench residual",
+            f"# robopolicy bench {results['suite']}",
             "",
             f"{m['date']}, {m['cpu']} ({m['cores']} cores), CUDA: {m['cuda']}, "
             f"commit {m['git_commit']}.",
