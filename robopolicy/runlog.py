@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,12 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         "n_episodes": summary["n_episodes"],
         "time_per_action_ms": summary["time_per_action_ms"],
     }
+
+
+def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Path:
+    """``run_dir``, or ``runs/<name>/<timestamp>``; a resumed run keeps its checkpoint's run."""
+    if resume_from is not None:
+        return resume_from.parent.parent
+    path = Path(run_dir or Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

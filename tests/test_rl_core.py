@@ -147,6 +147,22 @@ def _point_mass_return(learner: Learner, starts: torch.Tensor, residual: bool) -
     return total
 
 
+def _train_on_point_mass(learner: Learner, steps: int) -> None:
+    """Online learning on the point mass: 10-step episodes from random starts, UTD 1."""
+    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=1000)
+    x = torch.rand(1) * 2 - 1
+    for step in range(steps):
+        obs = torch.stack([x, torch.zeros(1)], dim=1)
+        executed = learner.critic_action(obs, learner.act(obs, explore=True))
+        x_next = x + 0.2 * executed.reshape(-1)
+        truncated = torch.tensor([step % 10 == 9])
+        next_obs = torch.stack([x_next, torch.zeros(1)], 1)
+        buffer.add(obs, executed, -(x_next**2), next_obs, torch.zeros(1), truncated)
+        x = torch.rand(1) * 2 - 1 if truncated else x_next
+        if step >= 50:
+            learner.update(buffer.sample(64, 1, 0.9))
+
+
 def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps() -> None:
     torch.manual_seed(0)
     cfg = AgentConfig(
@@ -165,24 +181,7 @@ def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps() -> None:
     starts = torch.linspace(-1, 1, 21)
     before = _point_mass_return(learner, starts, residual=True)
     assert before == pytest.approx(_point_mass_return(learner, starts, residual=False))
-    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=1000)
-    x = torch.rand(1) * 2 - 1
-    for step in range(400):
-        obs = torch.stack([x, torch.zeros(1)], dim=1)
-        executed = learner.critic_action(obs, learner.act(obs, explore=True))
-        x_next = x + 0.2 * executed.reshape(-1)
-        truncated = torch.tensor([step % 10 == 9])
-        buffer.add(
-            obs,
-            executed,
-            -(x_next**2),
-            torch.stack([x_next, torch.zeros(1)], 1),
-            torch.zeros(1),
-            truncated,
-        )
-        x = torch.rand(1) * 2 - 1 if truncated else x_next
-        if step >= 50:
-            learner.update(buffer.sample(64, 1, 0.9))
+    _train_on_point_mass(learner, steps=400)
     after = _point_mass_return(learner, starts, residual=True)
     assert after > before + 0.5 * abs(before)  # at least halves the accumulated cost
 
@@ -203,24 +202,7 @@ def test_sac_learns_the_same_point_mass() -> None:
     learner = Learner(cfg, obs_dim=2, action_dim=1)
     starts = torch.linspace(-1, 1, 21)
     before = _point_mass_return(learner, starts, residual=True)
-    buffer = ReplayBuffer(obs_dim=2, action_dim=1, capacity=1000)
-    x = torch.rand(1) * 2 - 1
-    for step in range(400):
-        obs = torch.stack([x, torch.zeros(1)], dim=1)
-        action = learner.act(obs, explore=True)
-        x_next = x + 0.2 * action.reshape(-1)
-        truncated = torch.tensor([step % 10 == 9])
-        buffer.add(
-            obs,
-            action,
-            -(x_next**2),
-            torch.stack([x_next, torch.zeros(1)], 1),
-            torch.zeros(1),
-            truncated,
-        )
-        x = torch.rand(1) * 2 - 1 if truncated else x_next
-        if step >= 50:
-            learner.update(buffer.sample(64, 1, 0.9))
+    _train_on_point_mass(learner, steps=400)
     assert _point_mass_return(learner, starts, residual=True) > before + 0.3 * abs(before)
 
 

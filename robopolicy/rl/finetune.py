@@ -36,7 +36,7 @@ from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
-from robopolicy.runlog import RunLogger, eval_metrics
+from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
 from robopolicy.training import state as train_state
@@ -73,7 +73,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg)
-    run_dir = _run_dir(cfg, resume_from)
+    run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
@@ -319,14 +319,6 @@ def _crossed(before: int, now: int, every: int) -> bool:
 def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
-
-
-def _run_dir(cfg: FinetuneConfig, resume_from: Path | None) -> Path:
-    if resume_from is not None:
-        return resume_from.parent.parent
-    run_dir = Path(cfg.run_dir or Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:

@@ -86,6 +86,9 @@ def run_episodes(
         agent.reset(mask)
         if obs is None:
             return new_obs
+        if not isinstance(obs, dict):  # a Box observation space (e.g. gymnasium's locomotion)
+            obs[mask] = new_obs[mask]
+            return obs
         for key in obs:
             obs[key][mask] = new_obs[key][mask]
         return obs

@@ -37,7 +37,7 @@ from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
 from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
-from robopolicy.runlog import RunLogger, eval_metrics
+from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env
@@ -67,7 +67,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
         cfg = _resumed_config(cfg, resume_from)
-    run_dir = _run_dir(cfg, resume_from)
+    run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
 
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
     windows, shapes = _load_data(cfg)
@@ -272,14 +272,6 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"optim.device={name!r} but CUDA is not available")
     return torch.device(name)
-
-
-def _run_dir(cfg: TrainConfig, resume_from: Path | None) -> Path:
-    if resume_from is not None:
-        return resume_from.parent.parent
-    run_dir = Path(cfg.run_dir or Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def _resumed_config(cfg: TrainConfig, checkpoint: Path) -> TrainConfig:
