@@ -166,3 +166,25 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     out = next((tmp_path / "residual").iterdir())
     assert (out / "lift.png").is_file()
     assert "BC base (no RL)" in (out / "report.md").read_text()
+
+
+def test_image_observations_reach_the_actor_as_base_encoder_features() -> None:
+    from bc_fixtures import TINY
+
+    from robopolicy.data.normalizer import Normalizer
+    from robopolicy.policies import PolicyConfig, PolicyShapes, make_policy
+
+    shapes = PolicyShapes(
+        obs={"state": [3], "cam_image": [16, 16, 3]}, action_dim=4, control_hz=10.0
+    )
+    normalizer = Normalizer.fit({"state": torch.randn(50, 3), "actions": torch.rand(50, 4)})
+    cfg = PolicyConfig(type="diffusion", backbone="mlp", image_feature_dim=8, **TINY)
+    policy = make_policy(cfg, shapes, normalizer)
+    base = ResidualBase(policy, num_envs=2, discrete_dims=GRIPPER)
+    obs = {
+        "state": np.zeros((2, 3), np.float32),
+        "cam_image": np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), dtype=np.uint8),
+    }
+    actor_obs = base.step(obs)
+    assert actor_obs.shape == (2, policy.obs_encoder.out_dim + 4)
+    assert not any(p.requires_grad for p in policy.parameters())  # no second encoder learns
