@@ -188,3 +188,13 @@ def test_image_observations_reach_the_actor_as_base_encoder_features() -> None:
     actor_obs = base.step(obs)
     assert actor_obs.shape == (2, policy.obs_encoder.out_dim + 4)
     assert not any(p.requires_grad for p in policy.parameters())  # no second encoder learns
+
+
+def test_finetune_command_reports_bad_input(tmp_path, capsys) -> None:
+    config = "configs/rl/residual_lift.yaml"
+    assert main(["finetune", config, f"base={tmp_path / 'nothing'}"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["finetune", config, "method=ppo"]) == 2
+    assert "method 'ppo' not in" in capsys.readouterr().err
+    assert main(["finetune", config, "agent.critic_heads=two"]) == 2
+    assert "agent.critic_heads" in capsys.readouterr().err
