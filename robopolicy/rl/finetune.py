@@ -205,7 +205,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         envs.close()
         logger.close()
     minutes = (time.perf_counter() - start) / 60
-    _plot(history, run_dir / "success.png", cfg.name)
+    _plot(history, run_dir, cfg.name, has_success=setup.env_id.startswith("robopolicy/"))
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(last_checkpoint),
@@ -378,7 +378,9 @@ def _restore(checkpoint: Path, learner: Learner, online: ReplayBuffer, counters:
     train_state.load_rng_state(state["rng"])
 
 
-def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
+def _plot(history: list[dict[str, Any]], run_dir: Path, title: str, has_success: bool) -> None:
+    """``success.png`` (with Wilson bands) for tasks with a success signal, else
+    ``return.png`` (e.g. gymnasium's locomotion tasks)."""
     if not history:
         return
     import matplotlib
@@ -388,14 +390,16 @@ def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
     steps = [row["env_steps"] for row in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [row["success_rate"] for row in history], marker="o")
-    ax.fill_between(
-        steps,
-        [row["success_ci_low"] for row in history],
-        [row["success_ci_high"] for row in history],
-        alpha=0.2,
-    )
-    ax.set(xlabel="env steps", ylabel="eval success", ylim=(0, 1), title=title)
+    if has_success:
+        ax.plot(steps, [row["success_rate"] for row in history], marker="o")
+        low = [row["success_ci_low"] for row in history]
+        ax.fill_between(steps, low, [row["success_ci_high"] for row in history], alpha=0.2)
+        ax.set(xlabel="env steps", ylabel="eval success", ylim=(0, 1), title=title)
+        path = run_dir / "success.png"
+    else:
+        ax.plot(steps, [row["mean_return"] for row in history], marker="o")
+        ax.set(xlabel="env steps", ylabel="eval mean return", title=title)
+        path = run_dir / "return.png"
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
