@@ -29,17 +29,17 @@ ENV_ID = "robopolicy/Lift-v0"
 DEMOS = 100
 TRAIN_STEPS = 15_000
 EVAL_EPISODES = 50
-RL_ENV_STEPS = 10_000
+RL_ENV_STEPS = 20_000
 
 
 def main() -> None:
     run = Path("runs/demo") / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
-    print(f"[demo] 1/4 collecting {DEMOS} expert demonstrations of {ENV_ID}")
+    print(f"[demo] 1/5 collecting {DEMOS} expert demonstrations of {ENV_ID}")
     data = collect(CollectConfig(env_id=ENV_ID, n_demos=DEMOS, output=str(run / "lift.hdf5")))
     info = dataset_info(data["output"])
 
-    print(f"[demo] 2/4 training a diffusion policy for {TRAIN_STEPS} steps")
+    print(f"[demo] 2/5 training a diffusion policy for {TRAIN_STEPS} steps")
     cfg = load_config(
         CONFIG_DIR / "train/lift_diffusion_mlp.yaml",
         TrainConfig,
@@ -56,7 +56,7 @@ def main() -> None:
     train_minutes = (time.perf_counter() - train_start) / 60
     policy_eval = result["eval"]
 
-    print(f"[demo] 3/4 evaluating the expert on the same {EVAL_EPISODES} seeds")
+    print(f"[demo] 3/5 evaluating the expert on the same {EVAL_EPISODES} seeds")
     expert_eval = evaluate(
         ENV_ID, ExpertAgent(0.0), n_episodes=EVAL_EPISODES, out_dir=run / "expert"
     )
@@ -99,7 +99,7 @@ def _residual_rl(run: Path) -> dict:
             f"base={base['checkpoint']}",
             f"run_dir={run / 'residual'}",
             f"env_steps={RL_ENV_STEPS}",
-            "eval_every=2500",
+            "eval_every=5000",
             f"final_eval_episodes={EVAL_EPISODES}",
         ],
     )

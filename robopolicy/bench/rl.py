@@ -140,7 +140,11 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
         ft_cfg.base = str(base)
     result = finetune(ft_cfg)
     history = result["history"]
-    reached = next((r["env_steps"] for r in history if r["success_rate"] >= cfg.target), None)
+    # the step-0 eval is the untrained starting point: reaching the target needs learning
+    reached = next(
+        (r["env_steps"] for r in history if r["env_steps"] > 0 and r["success_rate"] >= cfg.target),
+        None,
+    )
     final = result["final"]
     return {
         "config": config,

@@ -57,7 +57,7 @@ class Setup:
     env_kwargs: dict[str, Any]
     obs_dim: int
     action_dim: int
-    policy: Any = None  # the frozen base (residual)
+    policy: Any = None  # the frozen base (residual, DSRL)
     obs_keys: list[str] | None = None  # scratch
     demos: ReplayBuffer | None = None
     base_checkpoint: str | None = None
@@ -80,7 +80,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     asynchronous = not cfg.method.startswith("dsrl")
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
-    learner = online = None
     try:
         mdp = _make_mdp(cfg, setup, envs)
         setup.obs_dim, setup.action_dim = mdp.obs_dim, mdp.action_dim  # the actor's
