@@ -1,4 +1,4 @@
-"""The main demo (``make demo``): the workbench end to end on a CPU, in about 15 minutes.
+"""The main demo (``make demo``): the workbench end to end on a CPU, in about 16 minutes.
 
 1. collect scripted-expert demonstrations of Lift (robomimic-format HDF5);
 2. train a diffusion policy on them (residual-MLP denoiser, DDIM sampling: the CPU recipe of
