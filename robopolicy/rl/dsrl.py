@@ -152,10 +152,6 @@ class NoiseMDP(MDP):
             critic_action, reward, next_state, terminated, truncated, success, start, env_steps
         )
 
-    def reset(self) -> Tensor:
-        self._state = super().reset()
-        return self._state
-
 
 class NoiseAliasingLearner(Learner):
     """DSRL-NA: the ``Learner``'s SAC critic is Q^A over executed chunks (its
@@ -185,16 +181,9 @@ class NoiseAliasingLearner(Learner):
         _step(self.noise_critic_optim, loss, self.noise_critic, self.cfg.grad_clip)
         return {"distill_loss": loss.item() / self.cfg.critic_heads}
 
-    def _update_actor(self, obs: Tensor) -> dict[str, float]:
-        noise, log_prob = self.actor(obs)
-        q = self.noise_critic(obs, noise).min(dim=0).values
-        loss = (self.alpha * log_prob - q).mean()
-        _step(self.actor_optim, loss, self.actor, self.cfg.grad_clip)
-        alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
-        self.alpha_optim.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optim.step()
-        return {"actor_loss": loss.item(), "alpha": self.alpha.item()}
+    def _sac_actor_q(self, obs: Tensor, noise: Tensor) -> Tensor:
+        """The noise actor learns from the distilled Q^W, not through the decoder."""
+        return self.noise_critic(obs, noise).min(dim=0).values
 
     def _optimizer_names(self) -> list[str]:
         return [*super()._optimizer_names(), "noise_critic_optim"]

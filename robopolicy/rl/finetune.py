@@ -67,7 +67,7 @@ class Setup:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
-        cfg = _resumed_config(cfg, resume_from)
+        cfg = _resumed_config(resume_from)
     validate_finetune_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -320,7 +320,8 @@ def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
 
 
-def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
+def _resumed_config(checkpoint: Path) -> FinetuneConfig:
+    """The saved config: a resumed run continues exactly as it was set up."""
     saved = read_config(checkpoint).get("finetune")
     if saved is None:
         raise ConfigError(f"{checkpoint} is not a finetune checkpoint (no 'finetune' section)")

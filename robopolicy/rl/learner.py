@@ -11,7 +11,7 @@ TD3 (Fujimoto et al. 2018, with an ensemble as in ResFiT/REDQ):
     L_Q = sum_i (Q_i(s, a) - y)^2;   L_mu = -mean_i Q_i(s, mu(s))   (every ``actor_delay``)
 SAC (Haarnoja et al. 2018, auto-tuned temperature):
     a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
-    L_pi = alpha log pi(a|s) - mean_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
+    L_pi = alpha log pi(a|s) - min_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
 Targets follow by Polyak averaging with rate tau.
 """
 
@@ -151,8 +151,7 @@ class Learner(nn.Module):
         cfg = self.cfg
         if cfg.algo == "sac":
             action, log_prob = self.actor(obs)
-            q = self.critic(obs, self.critic_action(obs, action)).mean(dim=0)
-            loss = (self.alpha * log_prob - q).mean()
+            loss = (self.alpha * log_prob - self._sac_actor_q(obs, action)).mean()
             _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
             alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
             self.alpha_optim.zero_grad(set_to_none=True)
@@ -167,6 +166,10 @@ class Learner(nn.Module):
         loss = -q.mean()
         _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
         return {"actor_loss": loss.item()}
+
+    def _sac_actor_q(self, obs: Tensor, action: Tensor) -> Tensor:
+        """The Q that SAC's actor maximises: min over the heads (SAC's clipped double Q)."""
+        return self.critic(obs, self.critic_action(obs, action)).min(dim=0).values
 
     # ---- saving (safetensors + JSON, no pickle) --------------------------------------------
     def training_state(self) -> dict:

@@ -15,7 +15,7 @@ episode's first state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -59,7 +59,8 @@ class MDP:
         obs, _ = self.envs.reset(seed=[next(self.seeds) for _ in range(self.num_envs)])
         self.episodes += self.num_envs
         self._start_episodes(np.ones(self.num_envs, dtype=bool))
-        return self._observe(obs, range(self.num_envs))
+        self._state = self._observe(obs, range(self.num_envs))  # where step() acts from
+        return self._state
 
     def _restart(self, ended: np.ndarray, next_state: Tensor) -> Tensor:
         """Reset the ended sub-envs; the state to act from next."""
@@ -109,10 +110,6 @@ class SingleStepMDP(MDP):
             self.num_envs,
         )
 
-    def reset(self) -> Tensor:
-        self._state = super().reset()
-        return self._state
-
 
 class FlatMDP(SingleStepMDP):
     def __init__(self, envs, seeds, obs_keys: list[str] | None, obs_dim: int, action_dim: int):
@@ -147,6 +144,3 @@ def seed_stream(first: int) -> Iterator[int]:
     while True:
         yield seed
         seed += 1
-
-
-MDPFactory = Callable[[gym.vector.VectorEnv, Iterator[int]], MDP]
