@@ -198,3 +198,6 @@ def test_finetune_command_reports_bad_input(tmp_path, capsys) -> None:
     assert "method 'ppo' not in" in capsys.readouterr().err
     assert main(["finetune", config, "agent.critic_heads=two"]) == 2
     assert "agent.critic_heads" in capsys.readouterr().err
+    dsrl = ["method=dsrl_sac", "demo_fraction=0", "agent.algo=td3"]
+    assert main(["finetune", config, *dsrl]) == 2
+    assert "built on SAC" in capsys.readouterr().err

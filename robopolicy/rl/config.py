@@ -50,6 +50,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"method {cfg.method!r} not in {METHODS}")
     if cfg.method in BASE_METHODS and not cfg.base:
         raise ValueError(f"method {cfg.method} needs base=<BC checkpoint>")
+    if cfg.method.startswith("dsrl") and cfg.agent.algo != "sac":
+        raise ValueError(f"method {cfg.method} is built on SAC; agent.algo is {cfg.agent.algo!r}")
     if cfg.method != "residual" and cfg.demo_fraction > 0:
         raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual)")
     if cfg.method == "scratch" and not cfg.env_id:

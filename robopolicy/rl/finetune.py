@@ -29,6 +29,7 @@ from robopolicy.checkpoint import (
     save_checkpoint,
 )
 from robopolicy.config import ConfigError, to_dict
+from robopolicy.files import atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent, flatten_obs
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
@@ -74,7 +75,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg)
     run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
     asynchronous = not cfg.method.startswith("dsrl")
