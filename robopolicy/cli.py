@@ -5,6 +5,9 @@ Commands:
   train CONFIG     train a BC policy (diffusion or flow); checkpoints, logs, final eval
   finetune CONFIG  improve a BC policy with RL (residual RL), or run SAC/TD3 from scratch
   eval TARGET      evaluate a checkpoint (or an eval config) on seeded episodes; eval.json, video
+  offline-data CONFIG  make a D4RL-style offline dataset (medium, medium-replay) from a SAC run
+  synth ACTION ...  policy-guided diffusion: train / generate / inspect a trajectory model
+  offline CONFIG   offline RL (TD3+BC, IQL) on real data mixed with (guided) synthetic data
   rti-tune CKPT    choose RTI's K' (denoising steps per action) for a checkpoint by success
   export CKPT OUT  write a deployable directory: checkpoint, deploy.json, policy.onnx
   serve CKPT       serve a checkpoint to robot controllers (websocket + msgpack, 127.0.0.1)
@@ -33,6 +36,10 @@ EPILOG = """examples:
   robopolicy serve exports/lift port=8765 execution.mode=rti execution.sampler=ddpm \
       execution.num_inference_steps=100 execution.rti_start_step=3
   robopolicy bench sim
+  robopolicy offline-data configs/offline/hopper_medium.yaml
+  robopolicy synth train configs/synth/hopper_medium.yaml
+  robopolicy synth generate runs/synth_hopper_medium policy=RUN guidance=0.1 trajectories=512
+  robopolicy offline configs/offline/hopper_medium_td3bc.yaml synthetic.guidance=0.1
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
 
 
@@ -69,6 +76,55 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     print(
         f"{summary_line(result['final'])}; {result['env_steps']} env steps in "
         f"{result['minutes']:.1f} min -> {result['checkpoint']}"
+    )
+
+
+def _cmd_offline_data(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
+
+    s = make_offline_data(load_config(args.config, OfflineDataConfig, args.overrides))
+    refs = s["references"]
+    print(
+        f"wrote {s['episodes']} episodes ({s['transitions']} transitions, mean return "
+        f"{s['mean_return']:.1f}; references random {refs['random']:.1f}, expert "
+        f"{refs['expert']:.1f}) in {s['minutes']:.1f} min -> {s['output']}"
+    )
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+
+    if args.action == "train":
+        from robopolicy.synth.config import SynthConfig
+        from robopolicy.synth.train import train_trajectory_model
+
+        result = train_trajectory_model(load_config(args.target, SynthConfig, args.overrides))
+        dyn = result["inspect"].get("dynamics", {})
+        check = f"; unguided next-state MSE {dyn['next_state_mse']:.4f}" if dyn else ""
+        print(
+            f"trained on {result['windows']} windows in {result['minutes']:.1f} min{check} "
+            f"-> {result['checkpoint']}"
+        )
+        return
+    from robopolicy.synth.commands import GenerateConfig, run_generate, summary
+
+    cfg = load_config(None, GenerateConfig, [f"model={args.target}", *args.overrides])
+    print(summary(run_generate(cfg, write=args.action == "generate")))
+
+
+def _cmd_offline(args: argparse.Namespace) -> None:
+    from robopolicy.config import load_config
+    from robopolicy.rl.offline_train import train_offline
+    from robopolicy.synth.config import OfflineConfig
+
+    result = train_offline(load_config(args.config, OfflineConfig, args.overrides))
+    final = result["final"]
+    norm = final["normalized_return"]
+    print(
+        f"final return {final['mean_return']:.1f}"
+        + (f" (normalised {norm:.1f})" if norm is not None else "")
+        + f" in {result['minutes']:.1f} min -> {result['checkpoint']}"
     )
 
 
@@ -142,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
             "checkpoint or config",
         ),
         (
+            "offline-data",
+            _cmd_offline_data,
+            "make a D4RL-style offline dataset (kind=medium | medium_replay) from a SAC run, "
+            "with random and expert return references",
+            "config",
+        ),
+        (
+            "offline",
+            _cmd_offline,
+            "offline RL (agent.algo=td3bc | iql) on a dataset, mixed with synthetic data from a "
+            "trajectory model (synthetic.model, synthetic.guidance); logs, checkpoints, eval",
+            "config",
+        ),
+        (
             "rti-tune",
             _cmd_rti_tune,
             "choose RTI's K' for a checkpoint: success of each K' against the full chain",
@@ -171,8 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the new export directory (must not exist)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX graph")
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser(
+        "synth",
+        help="policy-guided diffusion: train, generate from or inspect a trajectory model",
+        description="train CONFIG: fit a trajectory diffusion model to an offline dataset; "
+        "generate MODEL: sample trajectories (policy=<offline checkpoint> guidance=<lambda> "
+        "to guide them) into an HDF5 dataset plus a report; inspect MODEL: the report only "
+        "(dynamics error, target-policy likelihood, statistics against the real data)",
+    )
+    p.add_argument("action", choices=["train", "generate", "inspect"])
+    p.add_argument("target", metavar="CONFIG_OR_MODEL", help="train: a config; else a model run")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cmd_synth)
     p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
-    p.add_argument("suite", help="suite name: sim, bc, rti, deploy, residual, dsrl")
+    p.add_argument("suite", help="suite name: sim, bc, rti, deploy, residual, dsrl, pgd")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -139,6 +139,11 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
             from robopolicy.rl.actors import load_rl_agent
 
             agent = load_rl_agent(path, config)
+        elif "offline_agent" in config:  # robopolicy offline: TD3+BC or IQL
+            from robopolicy.rl.actors import FlatObsAgent
+            from robopolicy.rl.offline import load_offline_agent
+
+            agent = FlatObsAgent(load_offline_agent(path, config), None, name="offline")
         else:
             policy = load_policy(path, device=cfg.device)
             execution = ExecutionConfig(**to_dict(cfg.execution))
@@ -162,7 +167,7 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         n_episodes=cfg.n_episodes,
         seed=cfg.seed,
         num_envs=cfg.num_envs,
-        env_kwargs=dict(env_kwargs or {"obs_type": "state"}),
+        env_kwargs=dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"}),
         out_dir=out_dir,
         video_episodes=cfg.video_episodes,
     )

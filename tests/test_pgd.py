@@ -1,0 +1,430 @@
+"""Policy-guided diffusion: windows, transforms, EDM sampling, guidance, offline agents, and the
+offline-data -> synth -> offline pipeline end to end on a tiny Hopper run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robopolicy.cli import main
+from robopolicy.config import load_config
+from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.finetune import finetune
+from robopolicy.rl.offline import OfflineAgent, OfflineAgentConfig, load_offline_agent
+from robopolicy.rl.offline_train import train_offline
+from robopolicy.synth.config import OfflineConfig, SamplerConfig, SynthConfig
+from robopolicy.synth.dynamics import dynamics_error
+from robopolicy.synth.edm import EDMConfig, heun_sample
+from robopolicy.synth.generate import generate
+from robopolicy.synth.guidance import PolicyGuide, action_log_likelihood, guidance_schedule
+from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
+from robopolicy.synth.model import TrajectoryModel, load_trajectory_model
+from robopolicy.synth.offline_data import OfflineData, load_offline_data
+from robopolicy.synth.pool import TransitionPool, sample_real_and_synthetic, to_transitions
+from robopolicy.synth.train import train_trajectory_model
+from robopolicy.synth.trajectories import (
+    ACTION_CLIP,
+    RowLayout,
+    RowNormalizer,
+    dataset_rows,
+    make_windows,
+    rows_to_parts,
+    window_starts,
+)
+
+
+# ---- windows and transforms ---------------------------------------------------------------------
+def test_windows_never_cross_episode_ends_and_cover_each_end() -> None:
+    assert window_starts(np.array([10, 13, 30]), 4, 3).tolist() == [0, 3, 6, 13, 16, 19, 22, 25, 26]
+    rng = np.random.default_rng(0)
+    ends = np.cumsum(rng.integers(1, 40, size=50))
+    starts = window_starts(ends, 8, 3)
+    episode_of = np.searchsorted(ends, np.arange(ends[-1]), side="right")
+    for s in starts:
+        assert episode_of[s] == episode_of[s + 7], f"window at {s} crosses an episode end"
+    long_enough = [e for b, e in zip(np.r_[0, ends[:-1]], ends, strict=True) if e - b >= 8]
+    assert set(long_enough) <= {s + 8 for s in starts}  # every long episode's end is covered
+
+
+def _tiny_data(lengths=(12, 5, 9), terminal_last=True) -> OfflineData:
+    n = sum(lengths)
+    rng = np.random.default_rng(1)
+    ends = np.cumsum(lengths)
+    terminals = np.zeros(n, dtype=bool)
+    if terminal_last:
+        terminals[ends - 1] = True
+    return OfflineData(
+        obs=rng.normal(size=(n, 3)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(n, 2)).astype(np.float32),
+        rewards=rng.normal(size=n).astype(np.float32),
+        next_obs=rng.normal(size=(n, 3)).astype(np.float32),
+        terminals=terminals,
+        episode_ends=ends,
+        env_id="Hopper-v5",
+        env_kwargs={},
+        references=None,
+    )
+
+
+def test_window_rows_come_from_one_episode_and_short_episodes_are_skipped() -> None:
+    data = _tiny_data()
+    windows = make_windows(data, 8, 4)
+    assert windows.shape == (1 + 2 + 1, 8, 3 + 2 + 2)  # episode 1 is too short
+    assert windows[:, :-1, -1].sum() == 0  # a terminal can only be a window's last row
+    with pytest.raises(ValueError, match="no episode is as long as the window"):
+        make_windows(data, 16, 4)
+
+
+def test_arctanh_tanh_transform_round_trips_within_clipping() -> None:
+    data = _tiny_data()
+    data.actions[:3] = [[1.0, -1.0], [0.9995, -0.9995], [0.0, 0.5]]
+    layout = RowLayout(3, 2)
+    rows = torch.as_tensor(dataset_rows(data))
+    normalizer = RowNormalizer(layout.width).fit(rows)
+    back = normalizer.unnormalize(normalizer.normalize(rows))
+    parts = rows_to_parts(back, layout)
+    expected = np.clip(data.actions, -ACTION_CLIP, ACTION_CLIP)
+    np.testing.assert_allclose(parts["actions"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(parts["obs"].numpy(), data.obs, atol=1e-5)
+    assert parts["dones"].numpy().tolist() == data.terminals.tolist()
+
+
+# ---- EDM sampler ----------------------------------------------------------------------------
+class _GaussianDenoiser(torch.nn.Module):
+    """The exact denoiser of N(0, s^2 I) data: D(x; sigma) = x s^2 / (s^2 + sigma^2)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma).reshape(-1, *([1] * (x.ndim - 1)))
+        return x * self.scale**2 / (self.scale**2 + sigma**2)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.5])
+def test_heun_sampler_with_the_exact_denoiser_recovers_the_data_distribution(scale) -> None:
+    samples = heun_sample(
+        _GaussianDenoiser(scale),
+        (4000, 4, 2),
+        48,
+        EDMConfig(),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert samples.std().item() == pytest.approx(scale, rel=0.03)
+    assert abs(samples.mean().item()) < 0.02 * scale + 0.01
+
+
+# ---- guidance -------------------------------------------------------------------------------
+class _LinearGaussianPolicy:
+    """pi(a | s) = N(W s, sigma^2 I): log-likelihood with a hand-computable gradient."""
+
+    def __init__(self, weight: torch.Tensor, sigma: float) -> None:
+        self.weight, self.sigma = weight, sigma
+
+    def mean(self, obs):
+        return obs @ self.weight.T
+
+    def log_prob(self, obs, actions):
+        z = (actions - self.mean(obs)) / self.sigma
+        return (-0.5 * z**2 - math.log(self.sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _layout_and_normalizer(seed=0):
+    layout = RowLayout(3, 2)
+    g = torch.Generator().manual_seed(seed)
+    normalizer = RowNormalizer(layout.width)
+    normalizer.mean.copy_(torch.randn(layout.width, generator=g) * 0.3)
+    normalizer.std.copy_(torch.rand(layout.width, generator=g) + 0.5)
+    return layout, normalizer
+
+
+def test_guidance_step_matches_the_hand_computed_gradient() -> None:
+    layout, normalizer = _layout_and_normalizer()
+    g = torch.Generator().manual_seed(1)
+    policy = _LinearGaussianPolicy(torch.randn(2, 3, generator=g), sigma=0.7)
+    x = torch.randn(4, 6, layout.width, generator=g)
+    # by hand: a = tanh(u), u = x_a std_a + mean_a, s = x_s std_s + mean_s
+    std, mean = normalizer.std, normalizer.mean
+    s = x[..., :3] * std[:3] + mean[:3]
+    u = x[..., 3:5] * std[3:5] + mean[3:5]
+    a = torch.tanh(u)
+    grad = -(a - policy.mean(s)) / policy.sigma**2 * (1 - a**2) * std[3:5]
+    expected = grad / (grad.flatten(1).norm(dim=1)[:, None, None] + 1e-8)
+    guide = PolicyGuide(policy, 0.5, layout, normalizer)
+    direction = guide.direction(x)
+    torch.testing.assert_close(direction[..., 3:5], expected, atol=1e-5, rtol=1e-4)
+    assert direction[..., :3].abs().max() == 0 and direction[..., 5:].abs().max() == 0
+    # one sampler step moves exactly lambda_i along it
+    moved = guide(x, 2, 8)
+    torch.testing.assert_close(moved - x, guidance_schedule(0.5, 2, 8) * direction)
+
+
+def test_guidance_schedule_follows_the_anchor_formula_and_ends_at_zero() -> None:
+    n = 8
+    for i in range(n - 1):
+        expected = 2.0 * ((1 - i / n) + 0.3 * math.sin(math.pi * (i + 1) / n))
+        assert guidance_schedule(2.0, i, n) == pytest.approx(expected)
+    assert guidance_schedule(2.0, n - 1, n) == 0.0
+
+
+def _tiny_model(layout, normalizer=None) -> TrajectoryModel:
+    torch.manual_seed(0)
+    model = TrajectoryModel(layout, down_dims=(8, 16), kernel_size=3).eval()
+    if normalizer is not None:
+        model.normalizer.load_state_dict(normalizer.state_dict())
+    return model
+
+
+def test_coefficient_zero_equals_unguided_and_guidance_raises_the_likelihood() -> None:
+    layout, normalizer = _layout_and_normalizer()
+    model = _tiny_model(layout, normalizer)
+    policy = _LinearGaussianPolicy(
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(3)), 0.3
+    )
+    sampler = SamplerConfig(num_steps=6, length=8, batch_size=16)
+
+    def sample(coefficient):
+        guide = PolicyGuide(policy, coefficient, layout, model.normalizer)
+        return model.sample(32, 8, 6, guide, torch.Generator().manual_seed(5))
+
+    unguided = model.sample(32, 8, 6, None, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(sample(0.0), unguided, rtol=0, atol=0)
+    torch.testing.assert_close(
+        generate(model, 32, sampler, seed=5), generate(model, 32, sampler, policy, 0.0, seed=5)
+    )
+    guided = sample(2.0)
+    assert not torch.equal(guided, unguided)
+    lik = lambda x: action_log_likelihood(x, policy, layout, model.normalizer).mean()  # noqa: E731
+    assert lik(guided) > lik(unguided) + 1.0
+    with pytest.raises(ValueError, match="needs a target policy"):
+        generate(model, 4, sampler, None, 1.0)
+
+
+# ---- transitions and pools --------------------------------------------------------------------
+def test_generated_trajectories_become_transitions_cut_at_the_first_done() -> None:
+    layout = RowLayout(1, 1)
+    rows = torch.zeros(2, 5, layout.width)
+    rows[:, :, 0] = torch.arange(5.0)  # obs = row index
+    rows[0, 2, layout.done] = 1.0  # trajectory 0 ends at row 2
+    rows[0, 4, layout.done] = 1.0  # ...so this later done is never read
+    t = to_transitions(rows, layout)
+    assert t["obs"][:, 0].tolist() == [0, 1, 2, 0, 1, 2, 3]
+    assert t["next_obs"][:, 0].tolist()[:2] == [1, 2] and t["next_obs"][3:, 0].tolist() == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert t["terminals"].tolist() == [False, False, True, False, False, False, False]
+
+
+def test_pool_discount_and_mixed_batches() -> None:
+    n = 10
+    pool = TransitionPool(
+        {
+            "obs": torch.zeros(n, 2),
+            "actions": torch.zeros(n, 1),
+            "rewards": torch.ones(n),
+            "next_obs": torch.zeros(n, 2),
+            "terminals": torch.arange(n) % 2 == 0,
+        }
+    )
+    batch = pool.sample(256, 0.9)
+    assert sorted(set(batch.discount.tolist())) == pytest.approx([0.0, 0.9])
+    mixed = sample_real_and_synthetic(pool, pool, 256, 240 / 256, 0.99)
+    assert mixed.obs.shape[0] == 256
+    with pytest.raises(ValueError, match="non-finite"):
+        TransitionPool({**pool.__dict__, "obs": torch.full((n, 2), float("nan"))})
+
+
+# ---- offline agents learn -----------------------------------------------------------------
+@pytest.mark.parametrize("algo", ["td3bc", "iql"])
+def test_offline_agents_move_toward_the_better_actions_of_the_data(algo) -> None:
+    """One-step problem: reward -(a - 0.5)^2 for data actions uniform in [-1, 1]; behaviour
+    cloning alone would give mean action 0."""
+    torch.manual_seed(0)
+    n = 4096
+    obs = torch.randn(n, 2)
+    actions = torch.rand(n, 1) * 2 - 1
+    pool = TransitionPool(
+        {
+            "obs": obs,
+            "actions": actions,
+            "rewards": -((actions[:, 0] - 0.5) ** 2),
+            "next_obs": obs,
+            "terminals": torch.ones(n, dtype=torch.bool),
+        }
+    )
+    agent = OfflineAgent(OfflineAgentConfig(algo=algo, hidden_dim=64, lr=1e-3), 2, 1)
+    for _ in range(400):
+        agent.update(pool.sample(128, 0.99))
+    chosen = agent(torch.randn(256, 2)).mean().item()
+    assert chosen > 0.25, f"{algo} mean action {chosen:.2f}, behaviour cloning gives 0"
+
+
+# ---- end to end: SAC run -> datasets -> trajectory model -> offline agents -----------------------
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("sac")
+    cfg = load_config(
+        "configs/rl/sac_hopper.yaml",
+        FinetuneConfig,
+        [
+            f"run_dir={run}",
+            "env_steps=300",
+            "warmup_steps=200",
+            "save_every=150",
+            "eval_every=0",
+            "final_eval_episodes=1",
+            "num_threads=1",
+            "agent.hidden_dim=16",
+            "agent.batch_size=16",
+        ],
+    )
+    finetune(cfg)
+    return run
+
+
+@pytest.fixture(scope="module")
+def medium(sac_run, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("offline") / "medium.hdf5"
+    cfg = OfflineDataConfig(
+        source=str(sac_run), policy_step=150, transitions=400, output=str(out), reference_episodes=1
+    )
+    make_offline_data(cfg)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def synth_run(medium, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("synth")
+    cfg = load_config(
+        None,
+        SynthConfig,
+        [
+            f"dataset={medium}",
+            f"run_dir={run}",
+            "horizon=8",
+            "stride=4",
+            "down_dims=[8,16]",
+            "steps=4",
+            "batch_size=8",
+            "warmup_steps=1",
+            "log_every=2",
+            "inspect_trajectories=4",
+            "sampler.num_steps=2",
+            "sampler.length=8",
+            "num_threads=1",
+        ],
+    )
+    train_trajectory_model(cfg)
+    return run
+
+
+def test_offline_datasets_from_a_sac_run(sac_run, medium, tmp_path) -> None:
+    data = load_offline_data(medium)
+    assert len(data.actions) == 400 and data.env_id == "Hopper-v5"
+    assert set(data.references) >= {"random", "expert"}
+    # episodes end in a terminal (fell) or a timeout (cut by the budget), never both
+    assert not (data.terminals & data.timeouts).any() and data.timeouts[-1] or data.terminals[-1]
+    replay = make_offline_data(
+        OfflineDataConfig(
+            source=str(sac_run),
+            kind="medium_replay",
+            policy_step=150,
+            output=str(tmp_path / "mr.hdf5"),
+            reference_episodes=1,
+        )
+    )
+    assert replay["transitions"] == 150  # everything the replay held at that checkpoint
+
+
+def test_dynamics_error_of_real_transitions_is_zero(medium) -> None:
+    tensors = load_offline_data(medium).tensors()
+    result = dynamics_error("Hopper-v5", {}, tensors, limit=200)
+    assert result["next_state_mse"] < 1e-6 and result["reward_mse"] < 1e-8
+    shuffled = {**tensors, "next_obs": tensors["next_obs"].flip(0)}
+    assert dynamics_error("Hopper-v5", {}, shuffled, limit=200)["next_state_mse"] > 0.01
+
+
+def test_trajectory_model_saves_loads_and_reports(synth_run) -> None:
+    model, config = load_trajectory_model(synth_run)
+    assert config["trajectory_model"]["obs_dim"] == 11
+    report = json.loads((synth_run / "inspect.json").read_text())
+    assert report["trajectories"] == 4 and "next_state_mse" in report["dynamics"]
+    assert model.normalizer.std.min() > 0
+
+
+def test_offline_training_with_guided_synthetic_data_end_to_end(
+    medium, synth_run, tmp_path, capsys
+):
+    cfg = load_config(
+        None,
+        OfflineConfig,
+        [
+            f"dataset={medium}",
+            f"run_dir={tmp_path / 'off'}",
+            "steps=20",
+            "eval_every=10",
+            "eval_episodes=1",
+            "final_eval_episodes=1",
+            "log_every=5",
+            "num_threads=1",
+            "agent.hidden_dim=16",
+            "agent.batch_size=16",
+            f"synthetic.model={synth_run}",
+            "synthetic.guidance=0.5",
+            "synthetic.trajectories=4",
+            "synthetic.regenerate_every=10",
+            "synthetic.sampler.num_steps=2",
+            "synthetic.sampler.length=8",
+        ],
+    )
+    result = train_offline(cfg)
+    rows = [
+        json.loads(line) for line in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()
+    ]
+    pools = [r for r in rows if "synthetic/synthetic_guided" in r]
+    assert [p["synthetic/synthetic_guided"] for p in pools] == [0.0, 1.0]  # first pool unguided
+    assert result["final"]["normalized_return"] is not None
+    agent = load_offline_agent(result["checkpoint"])
+    assert agent(torch.zeros(1, 11)).shape == (1, 3)
+    assert main(["eval", result["checkpoint"], "n_episodes=1", f"out_dir={tmp_path / 'ev'}"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "inspect",
+                str(synth_run),
+                "trajectories=2",
+                "sampler.num_steps=2",
+                "sampler.length=8",
+                f"policy={result['checkpoint']}",
+                "guidance=0.5",
+            ]
+        )
+        == 0
+    )
+    assert "target log-lik" in capsys.readouterr().out
+
+
+def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) -> None:
+    assert main(["offline", "configs/none.yaml"]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"dataset: {tmp_path / 'missing.hdf5'}\n")
+    assert main(["offline", str(bad)]) == 2
+    assert "missing.hdf5" in capsys.readouterr().err
+    bad.write_text(f"dataset: {medium}\nsynthetic:\n  guidance: 1.0\n")
+    assert main(["offline", str(bad)]) == 2
+    assert "needs synthetic.model" in capsys.readouterr().err
+    assert main(["synth", "generate", str(synth_run), "guidance=1.0"]) == 2
+    assert "needs a target policy" in capsys.readouterr().err
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(f"source: {tmp_path}\noutput: {tmp_path / 'x.hdf5'}\n")
+    assert main(["offline-data", str(cfg)]) == 2
