@@ -428,3 +428,29 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     cfg = tmp_path / "data.yaml"
     cfg.write_text(f"source: {tmp_path}\noutput: {tmp_path / 'x.hdf5'}\n")
     assert main(["offline-data", str(cfg)]) == 2
+
+
+def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
+    medium, synth_run, tmp_path
+) -> None:
+    from robopolicy.bench.pgd import Config, Dataset, run
+
+    data_cfg = tmp_path / "data.yaml"
+    data_cfg.write_text(f"source: unused\noutput: {medium}\n")
+    offline_cfg = tmp_path / "offline.yaml"
+    offline_cfg.write_text(
+        "steps: 10\neval_every: 0\nfinal_eval_episodes: 1\nnum_threads: 1\n"
+        "agent: {hidden_dim: 16, batch_size: 16}\n"
+        "synthetic: {trajectories: 4, regenerate_every: 5, sampler: {num_steps: 2, length: 8}}\n"
+    )
+    dataset = Dataset("tiny", str(data_cfg), "unused", str(offline_cfg), model=str(synth_run))
+    results = run(
+        Config(datasets=[dataset], seeds=[0], check_trajectories=4, out_root=str(tmp_path / "b"))
+    )
+    entry = results["datasets"]["tiny"]
+    assert sorted(entry["runs"]) == ["guided/seed0", "real/seed0", "unguided/seed0"]
+    check = entry["synthetic_check"]
+    assert {"unguided", "guided"} <= set(check)
+    assert check["guided"]["target_log_likelihood"] > check["unguided"]["target_log_likelihood"]
+    report = next((tmp_path / "b").glob("pgd/*/report.md")).read_text()
+    assert "normalised return per seed" in report and "next-state MSE" in report

@@ -17,6 +17,7 @@ SUITES = {
     "deploy": "robopolicy.bench.deploy",
     "residual": "robopolicy.bench.rl",
     "dsrl": "robopolicy.bench.rl",
+    "pgd": "robopolicy.bench.pgd",
 }
 
 

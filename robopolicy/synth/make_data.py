@@ -39,6 +39,7 @@ KINDS = ("medium", "medium_replay")
 @dataclass
 class OfflineDataConfig:
     source: str = "???"  # a `robopolicy finetune` SAC-from-scratch run directory
+    source_config: str | None = None  # the finetune config that makes `source` (bench pgd)
     kind: str = "medium"  # medium | medium_replay
     policy_step: int = 0  # env step of the source checkpoint that is the "medium" policy
     transitions: int = 100_000  # medium: how many to collect
