@@ -8,8 +8,12 @@ import pytest
 import torch
 from bc_fixtures import tiny_policy
 
+from robopolicy.checkpoint import read_config
 from robopolicy.cli import main
 from robopolicy.config import load_config
+from robopolicy.deploy.client import PolicyClient, ServerError
+from robopolicy.deploy.server import PolicyServer, ServeConfig
+from robopolicy.rl.actors import load_rl_agent
 from robopolicy.rl.agent_config import AgentConfig
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP
@@ -149,3 +153,29 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
     assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0
     assert method in capsys.readouterr().out
+    _serve_and_compare(result["checkpoint"], method)
+
+
+def _serve_and_compare(checkpoint: str, method: str) -> None:
+    """The served steering agent (base + noise actor) acts exactly as the one in process."""
+    server = PolicyServer(ServeConfig(checkpoint=checkpoint, port=0))
+    url = f"ws://127.0.0.1:{server.start_background()}"
+    local = load_rl_agent(checkpoint, read_config(checkpoint)).session()
+    local.setup(1, (3,))
+    rng = np.random.default_rng(0)
+    with PolicyClient(url) as client:
+        assert client.metadata["rl"]["method"] == method
+        for step in range(12):  # more than one chunk
+            if step == 5:
+                client.reset()
+                local.reset(np.array([True]))
+            obs = {
+                k: rng.normal(size=shape).astype(np.float32)
+                for k, shape in client.metadata["observations"].items()
+                for shape in [shape["shape"]]
+            }
+            served = client.act(obs)
+            expected = local.act({k: v[None] for k, v in obs.items()}, None)[0]
+            np.testing.assert_allclose(served, expected, atol=1e-5)
+        with pytest.raises(ServerError, match="send 'act' messages"):
+            client.chunk({k: v[None].repeat(2, 0) for k, v in obs.items()})

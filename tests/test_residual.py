@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from robopolicy.checkpoint import load_policy
+from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.cli import main
 from robopolicy.config import ConfigError, load_config
 from robopolicy.data.hdf5 import load_episodes
+from robopolicy.deploy.client import PolicyClient
+from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.inference.chunking import ChunkExecutor
+from robopolicy.inference.execution import ExecutionConfig
+from robopolicy.rl.actors import load_rl_agent
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import RLDivergedError, finetune
 from robopolicy.rl.networks import DeterministicActor
@@ -102,12 +106,34 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     # robopolicy eval loads the residual with its base
     assert main(["eval", str(checkpoint), "n_episodes=2", "video_episodes=0"]) == 0
     assert "residual(td3)" in capsys.readouterr().out
+    _served_residual_acts_like_the_local_one(str(checkpoint))
     # resume from the step-20 checkpoint: continues the counters and reaches the same end
     resumed = finetune(
         load_config(None, FinetuneConfig, [f"resume={run_dir / 'checkpoints' / '0000020'}"])
     )
     assert resumed["env_steps"] == 40
     assert [r["env_steps"] for r in resumed["history"]][-1] == 40
+
+
+def _served_residual_acts_like_the_local_one(checkpoint: str) -> None:
+    """``robopolicy serve`` on a residual checkpoint: base + residual as one policy; with the
+    same random stream for the base's sampling noise, the same actions as in process."""
+    server = PolicyServer(ServeConfig(checkpoint=checkpoint, port=0))
+    local = load_rl_agent(checkpoint, read_config(checkpoint)).session()
+    local.setup(1, GRIPPER)
+    rng = np.random.default_rng(0)
+    with PolicyClient(f"ws://127.0.0.1:{server.start_background()}") as client:
+        spec = client.metadata["observations"]
+        for step in range(10):  # more than one base chunk
+            obs = {k: rng.normal(size=v["shape"]).astype(np.float32) for k, v in spec.items()}
+            torch.manual_seed(step)
+            served = client.act(obs)
+            torch.manual_seed(step)
+            expected = local.act({k: v[None] for k, v in obs.items()}, None)[0]
+            np.testing.assert_allclose(served, expected, atol=1e-5)
+            assert served[GRIPPER[0]] in (-1.0, 1.0)
+    with pytest.raises(ValueError, match="do not apply to an RL checkpoint"):
+        PolicyServer(ServeConfig(checkpoint, port=0, execution=ExecutionConfig(mode="rti")))
 
 
 def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:

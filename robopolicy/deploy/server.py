@@ -12,6 +12,11 @@ Protocol (every frame a msgpack map, arrays as in ``deploy.codec``):
         stateful: the server keeps this connection's history and plan and runs the configured
         execution scheme (chunked, temporal ensembling or RTI); one request per control step
     {"type": "reset"}                               ->  {"type": "reset"}     (new episode)
+
+    An RL checkpoint (``robopolicy finetune``: residual or DSRL) is served as one policy, the
+    frozen base plus its actor, through ``act`` only (the actor acts per step or per chunk
+    on the base's own schedule, so there is no stateless chunk to hand out); its metadata is
+    the base's plus ``rl``.
     {"type": "ping"}                                ->  {"type": "pong"}
     anything wrong                                  ->  {"type": "error", "message": "..."}
 
@@ -39,7 +44,7 @@ import torch
 from websockets.asyncio.server import Request, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from robopolicy.checkpoint import load_policy, resolve_checkpoint
+from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
 from robopolicy.config import to_dict
 from robopolicy.deploy.codec import MAX_MESSAGE_BYTES, ProtocolError, pack, unpack
 from robopolicy.deploy.export import deploy_metadata
@@ -67,15 +72,24 @@ class PolicyServer:
             torch.set_num_threads(cfg.num_threads)
         path = resolve_checkpoint(cfg.checkpoint)
         self.cfg = cfg
-        self.policy = load_policy(path, device=cfg.device)
         self.execution = ExecutionConfig(**to_dict(cfg.execution))
-        make_executor(self.policy, 1, self.execution)  # sets the sampler; checks the settings
-        self.metadata = {
-            **deploy_metadata(path),
-            "execution": asdict(self.execution),
-            "num_inference_steps": self.policy.num_inference_steps,
-        }
+        config = read_config(path)
+        self.rl_agent = None
+        if "rl" in config:
+            self.rl_agent = _load_rl_agent(path, config, self.execution, cfg.device)
+            self.policy = self.rl_agent.policy
+            rl_meta = {"method": config["rl"]["method"], "step": read_meta(path)["step"]}
+            self.metadata = {**deploy_metadata(config["rl"]["base"]), "rl": rl_meta}
+        else:
+            self.policy = load_policy(path, device=cfg.device)
+            make_executor(self.policy, 1, self.execution)  # sets the sampler; checks settings
+            self.metadata = deploy_metadata(path)
+        self.metadata.update(
+            execution=asdict(self.execution), num_inference_steps=self.policy.num_inference_steps
+        )
         self.discrete_dims = list(self.metadata["discrete_action_dims"])
+        if self.rl_agent is not None:  # the first session fixes the base's sampler, once
+            self._new_session()
         self._lock = asyncio.Lock()
         self.requests_served = 0
         self.errors = 0
@@ -122,6 +136,8 @@ class PolicyServer:
 
     async def _reply(self, message: dict[str, Any], executor) -> dict[str, Any]:
         kind = message.get("type")
+        if kind == "chunk" and self.rl_agent is not None:
+            raise ProtocolError("this is an RL policy (base + actor): send 'act' messages")
         if kind == "chunk":
             actions, ms = await self._infer(self._chunk, self._observation(message, True))
             return {"type": "chunk", "actions": actions, "server_ms": ms}
@@ -138,8 +154,12 @@ class PolicyServer:
 
     # ---- connections -----------------------------------------------------------------------
     async def _handle(self, connection: ServerConnection) -> None:
-        executor = make_executor(
-            self.policy, 1, self.execution, self.discrete_dims, configure_policy=False
+        executor = (
+            self._new_session()
+            if self.rl_agent is not None
+            else make_executor(
+                self.policy, 1, self.execution, self.discrete_dims, configure_policy=False
+            )
         )
         try:
             await connection.send(pack({"type": "metadata", **self.metadata}))
@@ -157,6 +177,9 @@ class PolicyServer:
                 await connection.send(pack(reply))
         except ConnectionClosed:
             pass  # the client left, possibly mid-request: nothing else is affected
+
+    def _new_session(self) -> AgentSession:
+        return AgentSession(self.rl_agent, self.discrete_dims)
 
     def _process_request(self, connection: ServerConnection, request: Request):
         if request.path == "/healthz":
@@ -192,11 +215,40 @@ class PolicyServer:
         return self.port
 
 
+class AgentSession:
+    """One connection's episode of an RL policy, behind the executor interface (act, reset)."""
+
+    def __init__(self, agent, discrete_dims: list[int]) -> None:
+        self.agent = agent.session()
+        self.agent.setup(1, discrete_dims)
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.cpu().numpy() for k, v in obs.items()}
+        return torch.as_tensor(self.agent.act(batch, None))
+
+    def reset(self) -> None:
+        self.agent.reset(np.array([True]))
+
+
+def _load_rl_agent(path, config: dict, execution: ExecutionConfig, device: str):
+    from robopolicy.rl.actors import load_rl_agent
+
+    if execution != ExecutionConfig():
+        raise ValueError(
+            "execution.* settings do not apply to an RL checkpoint: its base runs as in RL "
+            "training (residual: chunked; DSRL: one DDIM decode per chunk)"
+        )
+    if device != "cpu":
+        raise ValueError(f"RL checkpoints are served on the CPU for now, not {device!r}")
+    return load_rl_agent(path, config)
+
+
 def run_server(cfg: ServeConfig) -> None:
     server = PolicyServer(cfg)
     meta = server.metadata
+    what = f"{meta['rl']['method']} on " if "rl" in meta else ""
     print(
-        f"serving {meta['policy_type']}-{meta['backbone']} for {meta['env_id']} "
+        f"serving {what}{meta['policy_type']}-{meta['backbone']} for {meta['env_id']} "
         f"({meta['control_hz']:g} Hz) on ws://{cfg.host}:{cfg.port} "
         f"{'(API key required)' if cfg.api_key else ''}",
         flush=True,

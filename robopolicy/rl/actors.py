@@ -31,8 +31,14 @@ class ResidualAgent:
         self.base: ResidualBase | None = None
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:
-        discrete = envs.get_attr("discrete_action_dims")[0]
-        self.base = ResidualBase(self.policy, envs.num_envs, discrete)
+        self.setup(envs.num_envs, envs.get_attr("discrete_action_dims")[0])
+
+    def setup(self, num_envs: int, discrete_dims) -> None:
+        self.base = ResidualBase(self.policy, num_envs, discrete_dims)
+
+    def session(self) -> ResidualAgent:
+        """A new agent with its own episode state, sharing the (frozen) networks."""
+        return ResidualAgent(self.policy, self.actor, self.name)
 
     def reset(self, env_mask: np.ndarray) -> None:
         self.base.reset(env_mask)

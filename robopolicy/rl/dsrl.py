@@ -201,9 +201,15 @@ class NoiseAgent:
         self.queues: list[deque] = []
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:
-        discrete = envs.get_attr("discrete_action_dims")[0]
-        self.base = NoiseBase(self.policy, envs.num_envs, discrete)
-        self.queues = [deque() for _ in range(envs.num_envs)]
+        self.setup(envs.num_envs, envs.get_attr("discrete_action_dims")[0])
+
+    def setup(self, num_envs: int, discrete_dims) -> None:
+        self.base = NoiseBase(self.policy, num_envs, discrete_dims)
+        self.queues = [deque() for _ in range(num_envs)]
+
+    def session(self) -> NoiseAgent:
+        """A new agent with its own episode state, sharing the (frozen) networks."""
+        return NoiseAgent(self.policy, self.actor, self.name)
 
     def reset(self, env_mask: np.ndarray) -> None:
         self.base.reset(env_mask)
