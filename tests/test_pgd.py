@@ -445,7 +445,13 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     )
     dataset = Dataset("tiny", str(data_cfg), "unused", str(offline_cfg), model=str(synth_run))
     results = run(
-        Config(datasets=[dataset], seeds=[0], check_trajectories=4, out_root=str(tmp_path / "b"))
+        Config(
+            datasets=[dataset],
+            seeds=[0],
+            check_trajectories=4,
+            check_guidance=[0.5],
+            out_root=str(tmp_path / "b"),
+        )
     )
     entry = results["datasets"]["tiny"]
     assert sorted(entry["runs"]) == ["guided/seed0", "real/seed0", "unguided/seed0"]

@@ -55,6 +55,7 @@ class Config:
     guidance: float = 1.0  # lambda of the guided arm
     steps: int | None = None  # agent steps (None: the offline config's)
     check_trajectories: int = 256  # unguided vs guided comparison at the end
+    check_guidance: list[float] = field(default_factory=lambda: [0.3, 3.0])  # extra lambdas
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     out_root: str = "runs/bench"
 
@@ -164,10 +165,14 @@ def _compare_synthetic(
     off_cfg = load_config(CONFIG_DIR / ds.offline_config, OfflineConfig, [f"dataset={data_path}"])
     sampler = SamplerConfig(**to_dict(off_cfg.synthetic.sampler))
     data = load_offline_data(data_path)
-    check = {"target_policy": str(agent_checkpoint), "guidance": cfg.guidance}
-    for label, guidance in (("unguided", 0.0), ("guided", cfg.guidance)):
+    check: dict[str, Any] = {"target_policy": str(agent_checkpoint), "guidance": cfg.guidance}
+    lambdas = sorted({0.0, cfg.guidance, *cfg.check_guidance})
+    check["by_guidance"] = {}
+    for guidance in lambdas:
         raw = generate(model, cfg.check_trajectories, sampler, agent, guidance, seed=12345)
-        check[label] = inspect_synthetic(raw, model, data, agent)
+        check["by_guidance"][f"{guidance:g}"] = inspect_synthetic(raw, model, data, agent)
+    check["unguided"] = check["by_guidance"]["0"]
+    check["guided"] = check["by_guidance"][f"{cfg.guidance:g}"]
     real = data.tensors()
     check["real_log_likelihood"] = mean_log_likelihood(agent, real)
     return check
@@ -235,18 +240,20 @@ def _report(results: dict) -> str:
         if check:
             rows = [
                 [
-                    label,
-                    f"{check[label]['target_log_likelihood']:.2f}",
-                    f"{check[label]['dynamics']['next_state_mse']:.4f}",
-                    f"{check[label]['dynamics']['next_state_nmse']:.4f}",
-                    f"{check[label]['dynamics']['reward_mse']:.4f}",
-                    f"{check[label]['terminal_rate']:.3f}",
+                    ("unguided" if lam == "0" else f"guided λ = {lam}")
+                    + (" (the guided arm's)" if lam == f"{check['guidance']:g}" else ""),
+                    f"{one['target_log_likelihood']:.2f}",
+                    f"{one['dynamics']['next_state_mse']:.4f}",
+                    f"{one['dynamics']['next_state_nmse']:.4f}",
+                    f"{one['dynamics']['reward_mse']:.4f}",
+                    f"{one['terminal_rate']:.3f}",
                 ]
-                for label in ("unguided", "guided")
+                for lam, one in check["by_guidance"].items()
             ]
             lines += [
-                f"Synthetic data for the guided arm's final policy (λ = {check['guidance']}); "
-                f"its log-likelihood of the real data: {check['real_log_likelihood']:.2f}.",
+                f"Synthetic data sampled for one target policy, the guided arm's final agent "
+                f"(same noise seeds in every row); its log-likelihood of the real data: "
+                f"{check['real_log_likelihood']:.2f} per step.",
                 "",
                 markdown_table(
                     [
