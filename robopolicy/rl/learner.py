@@ -41,7 +41,36 @@ def identity_action(obs: Tensor, action: Tensor) -> Tensor:
     return action
 
 
-class Learner(nn.Module):
+class SavesTrainingState:
+    """Saving and restoring a learner: weights, its update counter and every optimiser named by
+    ``_optimizer_names`` (safetensors + JSON through the checkpoint module, no pickle)."""
+
+    critic_updates: int
+
+    def _optimizer_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def training_state(self) -> dict:
+        state: dict = {
+            "learner": dict(self.state_dict()),
+            "learner_counters": {"critic_updates": self.critic_updates},
+        }
+        for name in self._optimizer_names():
+            tensors, groups = optimizer_state(getattr(self, name))
+            state[f"{name}_state"] = tensors
+            state[f"{name}_groups"] = groups
+        return state
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["learner"], strict=True)
+        self.critic_updates = int(state["learner_counters"]["critic_updates"])
+        for name in self._optimizer_names():
+            load_optimizer_state(
+                getattr(self, name), state.get(f"{name}_state", {}), state[f"{name}_groups"]
+            )
+
+
+class Learner(SavesTrainingState, nn.Module):
     """Actor, critic ensemble, their targets and optimisers; ``update`` does one gradient step."""
 
     def __init__(
@@ -170,26 +199,6 @@ class Learner(nn.Module):
     def _sac_actor_q(self, obs: Tensor, action: Tensor) -> Tensor:
         """The Q that SAC's actor maximises: min over the heads (SAC's clipped double Q)."""
         return self.critic(obs, self.critic_action(obs, action)).min(dim=0).values
-
-    # ---- saving (safetensors + JSON, no pickle) --------------------------------------------
-    def training_state(self) -> dict:
-        state: dict = {
-            "learner": {k: v for k, v in self.state_dict().items()},
-            "learner_counters": {"critic_updates": self.critic_updates},
-        }
-        for name in self._optimizer_names():
-            tensors, groups = optimizer_state(getattr(self, name))
-            state[f"{name}_state"] = tensors
-            state[f"{name}_groups"] = groups
-        return state
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["learner"], strict=True)
-        self.critic_updates = int(state["learner_counters"]["critic_updates"])
-        for name in self._optimizer_names():
-            load_optimizer_state(
-                getattr(self, name), state.get(f"{name}_state", {}), state[f"{name}_groups"]
-            )
 
     def _optimizer_names(self) -> list[str]:
         return ["actor_optim", "critic_optim"] + (["alpha_optim"] if self.cfg.algo == "sac" else [])

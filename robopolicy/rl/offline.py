@@ -25,10 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from robopolicy.rl.agent_config import AgentConfig
-from robopolicy.rl.learner import Learner, _polyak, _step
+from robopolicy.rl.learner import Learner, SavesTrainingState, _polyak, _step
 from robopolicy.rl.networks import LOG_STD_MIN, CriticEnsemble, mlp
 from robopolicy.rl.replay import Batch
-from robopolicy.training.state import load_optimizer_state, optimizer_state
 
 ALGOS = ("td3bc", "iql")
 MAX_ADVANTAGE_WEIGHT = 100.0
@@ -108,7 +107,7 @@ class TD3BCLearner(Learner):
         return -0.5 * (diff**2).sum(-1) - 0.5 * diff.shape[-1] * LOG_2PI
 
 
-class IQLLearner(nn.Module):
+class IQLLearner(SavesTrainingState, nn.Module):
     def __init__(self, cfg: OfflineAgentConfig, obs_dim: int, action_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -161,24 +160,8 @@ class IQLLearner(nn.Module):
         z = (actions - self.mean_action(obs)) / log_std.exp()
         return (-0.5 * z**2 - log_std - 0.5 * LOG_2PI).sum(-1)
 
-    def training_state(self) -> dict:
-        state: dict = {
-            "learner": dict(self.state_dict()),
-            "learner_counters": {"critic_updates": self.critic_updates},
-        }
-        for name in ("actor_optim", "critic_optim", "value_optim"):
-            tensors, groups = optimizer_state(getattr(self, name))
-            state[f"{name}_state"] = tensors
-            state[f"{name}_groups"] = groups
-        return state
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["learner"], strict=True)
-        self.critic_updates = int(state["learner_counters"]["critic_updates"])
-        for name in ("actor_optim", "critic_optim", "value_optim"):
-            load_optimizer_state(
-                getattr(self, name), state.get(f"{name}_state", {}), state[f"{name}_groups"]
-            )
+    def _optimizer_names(self) -> list[str]:
+        return ["actor_optim", "critic_optim", "value_optim"]
 
 
 class OfflineAgent(nn.Module):
