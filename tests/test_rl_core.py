@@ -163,9 +163,11 @@ def _train_on_point_mass(learner: Learner, steps: int) -> None:
             learner.update(buffer.sample(64, 1, 0.9))
 
 
-def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps() -> None:
+@pytest.mark.parametrize("penalty", [0.0, 0.1])
+def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps(penalty) -> None:
     torch.manual_seed(0)
     cfg = AgentConfig(
+        action_penalty=penalty,
         hidden_dim=64,
         critic_heads=4,
         batch_size=64,
@@ -184,6 +186,19 @@ def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps() -> None:
     _train_on_point_mass(learner, steps=400)
     after = _point_mass_return(learner, starts, residual=True)
     assert after > before + 0.5 * abs(before)  # at least halves the accumulated cost
+
+
+def test_action_penalty_pulls_actions_to_zero_where_q_does_not_care() -> None:
+    torch.manual_seed(0)
+    cfg = AgentConfig(hidden_dim=32, critic_heads=2, actor_lr=1e-2, action_penalty=0.5)
+    learner = Learner(cfg, obs_dim=3, action_dim=2)
+    with torch.no_grad():  # Q ignores the action: only the penalty shapes the actor
+        learner.critic.net[0].weight[:, 3:, :] = 0
+    obs = torch.randn(256, 3)
+    before = learner.actor(obs).abs().mean().item()
+    for _ in range(100):
+        learner._update_actor(obs)
+    assert learner.actor(obs).abs().mean().item() < 0.1 * before
 
 
 def test_sac_learns_the_same_point_mass() -> None:

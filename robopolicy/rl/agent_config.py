@@ -28,6 +28,9 @@ class AgentConfig:
     target_noise_clip: float = 0.5
     action_scale: float = 1.0  # actor outputs lie in [-action_scale, action_scale]
     zero_init_actor: bool = False  # residual RL: start exactly at the base policy
+    # TD3: with > 0 the actor loss is -Q / mean|Q| + action_penalty * mean((a / scale)^2), so
+    # an action (a residual) moves off zero only where it buys a relative gain in Q
+    action_penalty: float = 0.0
 
 
 ALGOS = ("td3", "sac")
@@ -45,5 +48,7 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(f"agent.n_step must be >= 1, got {cfg.n_step}")
     if not 0 < cfg.gamma <= 1 or not 0 < cfg.tau <= 1:
         raise ValueError(f"agent.gamma and agent.tau must be in (0, 1], got {cfg.gamma}, {cfg.tau}")
+    if cfg.action_penalty < 0:
+        raise ValueError(f"agent.action_penalty must be >= 0, got {cfg.action_penalty}")
     if cfg.action_scale <= 0:
         raise ValueError(f"agent.action_scale must be > 0, got {cfg.action_scale}")

@@ -9,6 +9,7 @@ TD3 (Fujimoto et al. 2018, with an ensemble as in ResFiT/REDQ):
     a'  = clip(mu_targ(s') + clip(eps, -c, c)),   eps ~ N(0, sigma_targ)
     y   = R + discount * min_{i in random subset} Q_targ_i(s', a')
     L_Q = sum_i (Q_i(s, a) - y)^2;   L_mu = -mean_i Q_i(s, mu(s))   (every ``actor_delay``)
+    optionally L_mu = -mean_i Q_i / mean|Q| + penalty * mean((mu(s) / scale)^2)
 SAC (Haarnoja et al. 2018, auto-tuned temperature):
     a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
     L_pi = alpha log pi(a|s) - min_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
@@ -191,10 +192,14 @@ class Learner(SavesTrainingState, nn.Module):
                 "alpha": self.alpha.item(),
                 "entropy": -log_prob.mean().item(),
             }
-        q = self.critic(obs, self.critic_action(obs, self.actor(obs))).mean(dim=0)
+        action = self.actor(obs)
+        q = self.critic(obs, self.critic_action(obs, action)).mean(dim=0)
         loss = -q.mean()
+        if cfg.action_penalty > 0:  # scale-free Q term (as TD3+BC) plus a pull toward zero
+            penalty = ((action / cfg.action_scale) ** 2).mean()
+            loss = loss / q.abs().mean().detach().clamp_min(1e-6) + cfg.action_penalty * penalty
         _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
-        return {"actor_loss": loss.item()}
+        return {"actor_loss": loss.item(), "actor_action_rms": action.pow(2).mean().sqrt().item()}
 
     def _sac_actor_q(self, obs: Tensor, action: Tensor) -> Tensor:
         """The Q that SAC's actor maximises: min over the heads (SAC's clipped double Q)."""
