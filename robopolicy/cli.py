@@ -100,7 +100,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         from robopolicy.synth.train import train_trajectory_model
 
         result = train_trajectory_model(load_config(args.target, SynthConfig, args.overrides))
-        dyn = result["inspect"].get("dynamics", {})
+        dyn = result["inspect"].get("dynamics") or {}
         check = f"; unguided next-state MSE {dyn['next_state_mse']:.4f}" if dyn else ""
         print(
             f"trained on {result['windows']} windows in {result['minutes']:.1f} min{check} "

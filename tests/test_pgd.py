@@ -460,3 +460,39 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     assert check["guided"]["target_log_likelihood"] > check["unguided"]["target_log_likelihood"]
     report = next((tmp_path / "b").glob("pgd/*/report.md")).read_text()
     assert "normalised return per seed" in report and "next-state MSE" in report
+
+
+def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) -> None:
+    out = tmp_path / "lift_mixed.hdf5"
+    cfg = OfflineDataConfig(
+        kind="scripted_mix",
+        env_id="robopolicy/Lift-v0",
+        noise_levels=[0.0, 1.5],
+        episodes_per_level=2,
+        output=str(out),
+        reference_episodes=1,
+    )
+    make_offline_data(cfg)
+    data = load_offline_data(out)
+    assert data.obs_keys == sorted(data.obs_keys) and len(data.episode_ends) == 4
+    assert data.obs.shape[1] == 15 and data.references["expert"] == pytest.approx(1.0)
+    # terminal exactly where an episode succeeded (reward 1), else cut by the time limit
+    np.testing.assert_array_equal(data.terminals, data.rewards > 0)
+    off = load_config(
+        None,
+        OfflineConfig,
+        [
+            f"dataset={out}",
+            f"run_dir={tmp_path / 'off'}",
+            "steps=4",
+            "eval_every=0",
+            "final_eval_episodes=1",
+            "num_threads=1",
+            "agent.algo=iql",
+            "agent.hidden_dim=16",
+            "agent.batch_size=8",
+        ],
+    )
+    result = train_offline(off)
+    assert 0 <= result["final"]["normalized_return"] <= 100
+    assert main(["eval", result["checkpoint"], "n_episodes=1", "video_episodes=0"]) == 0

@@ -243,9 +243,15 @@ def _report(results: dict) -> str:
                     ("unguided" if lam == "0" else f"guided λ = {lam}")
                     + (" (the guided arm's)" if lam == f"{check['guidance']:g}" else ""),
                     f"{one['target_log_likelihood']:.2f}",
-                    f"{one['dynamics']['next_state_mse']:.4f}",
-                    f"{one['dynamics']['next_state_nmse']:.4f}",
-                    f"{one['dynamics']['reward_mse']:.4f}",
+                    *(
+                        [
+                            f"{one['dynamics']['next_state_mse']:.4f}",
+                            f"{one['dynamics']['next_state_nmse']:.4f}",
+                            f"{one['dynamics']['reward_mse']:.4f}",
+                        ]
+                        if one["dynamics"]
+                        else ["n/a"] * 3
+                    ),
                     f"{one['terminal_rate']:.3f}",
                 ]
                 for lam, one in check["by_guidance"].items()

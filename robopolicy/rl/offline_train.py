@@ -70,7 +70,7 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
         actor = copy.deepcopy(agent).eval()
         summary = evaluate(
             data.env_id,
-            FlatObsAgent(actor, None, name=cfg.agent.algo),
+            FlatObsAgent(actor, data.obs_keys, name=cfg.agent.algo),
             n_episodes=episodes,
             seed=cfg.eval_seed,
             num_envs=2,
@@ -164,7 +164,11 @@ def _save(
     config = {
         "offline": to_dict(cfg),
         "task": {"env_id": data.env_id, "env_kwargs": data.env_kwargs},
-        "offline_agent": {"obs_dim": agent.obs_mean.shape[0], "action_dim": _action_dim(agent)},
+        "offline_agent": {
+            "obs_dim": agent.obs_mean.shape[0],
+            "action_dim": _action_dim(agent),
+            "obs_keys": data.obs_keys,
+        },
     }
     return save_checkpoint(
         run_dir / "checkpoints" / f"{step:07d}",

@@ -143,7 +143,8 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
             from robopolicy.rl.actors import FlatObsAgent
             from robopolicy.rl.offline import load_offline_agent
 
-            agent = FlatObsAgent(load_offline_agent(path, config), None, name="offline")
+            obs_keys = config["offline_agent"].get("obs_keys")
+            agent = FlatObsAgent(load_offline_agent(path, config), obs_keys, name="offline")
         else:
             policy = load_policy(path, device=cfg.device)
             execution = ExecutionConfig(**to_dict(cfg.execution))

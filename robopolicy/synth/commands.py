@@ -80,10 +80,15 @@ def _as_episodes(raw, layout) -> list:
 def summary(report: dict[str, Any]) -> str:
     dyn = report["dynamics"]
     lik = report.get("target_log_likelihood")
+    dynamics = (
+        f"next-state MSE {dyn['next_state_mse']:.4f}, reward MSE {dyn['reward_mse']:.4f}"
+        if dyn
+        else "no dynamics error (state not recoverable from observations)"
+    )
     return (
         f"{report['trajectories']} trajectories -> {report['transitions']} transitions; "
-        f"next-state MSE {dyn['next_state_mse']:.4f}, reward MSE {dyn['reward_mse']:.4f}, "
-        f"terminal rate {report['terminal_rate']:.3f} (real {report['real_terminal_rate']:.3f})"
+        f"{dynamics}, terminal rate {report['terminal_rate']:.3f} "
+        f"(real {report['real_terminal_rate']:.3f})"
         + (f", target log-lik {lik:.2f}" if lik is not None else "")
         + f" -> {report['report']}"
         + (f"; data {report['out']}" if "out" in report else "")

@@ -17,6 +17,21 @@ from torch import Tensor
 from robopolicy.sim.vector import make_env
 
 
+def supports_dynamics_error(sim) -> bool:
+    """Only gymnasium's MuJoCo tasks observe (qpos[k:], qvel) and can be set from an obs."""
+    from gymnasium.envs.mujoco import MujocoEnv
+
+    return isinstance(sim, MujocoEnv)
+
+
+def dynamics_error_available(env_id: str, env_kwargs: dict[str, Any]) -> bool:
+    env = make_env(env_id, **env_kwargs)
+    try:
+        return supports_dynamics_error(env.unwrapped)
+    finally:
+        env.close()
+
+
 def dynamics_error(
     env_id: str, env_kwargs: dict[str, Any], transitions: dict[str, Tensor], limit: int = 2000
 ) -> dict[str, float]:
@@ -28,7 +43,7 @@ def dynamics_error(
         sim = env.unwrapped
         nq, nv = sim.model.nq, sim.model.nv
         skipped = nq + nv - transitions["obs"].shape[1]
-        if not hasattr(sim, "set_state") or skipped < 0:
+        if not supports_dynamics_error(sim) or skipped < 0:
             raise ValueError(
                 f"dynamics error needs a gymnasium MuJoCo task observing (qpos[k:], qvel); "
                 f"{env_id} has nq={nq}, nv={nv} and {transitions['obs'].shape[1]} obs dims"

@@ -5,16 +5,22 @@
 - ``medium_replay``: everything that SAC run's replay buffer held when that policy was saved,
   i.e. all the experience that led up to it.
 
-The source is a ``robopolicy finetune`` run with ``method: scratch`` and SAC (its checkpoints
-hold the replay buffer). Return references for normalised scores go into the file: a uniform
-random policy's mean return and the run's final policy's (evaluated deterministically), both
-measured here over ``reference_episodes`` episodes.
+- ``scripted_mix``: a mixed-quality manipulation dataset: the task's scripted expert at each
+  of ``noise_levels`` for ``episodes_per_level`` episodes, failures kept. Observations are the
+  state keys concatenated in sorted order (the key order is stored with the data); an episode
+  is terminal where it succeeds, else cut by the time limit.
+
+The source of medium / medium_replay is a ``robopolicy finetune`` run with ``method: scratch``
+and SAC (its checkpoints hold the replay buffer). Return references for normalised scores go
+into the file: a uniform random policy's mean return and the expert's (the run's final policy,
+evaluated deterministically, or the noiseless scripted expert), both measured here over
+``reference_episodes`` episodes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +37,9 @@ from robopolicy.checkpoint import (
 from robopolicy.data.hdf5 import make_env_args, write_dataset
 from robopolicy.rl.actors import load_rl_agent
 from robopolicy.sim.vector import make_env
-from robopolicy.synth.offline_data import REFERENCES_KEY, episode
+from robopolicy.synth.offline_data import OBS_KEYS_KEY, REFERENCES_KEY, episode
 
-KINDS = ("medium", "medium_replay")
+KINDS = ("medium", "medium_replay", "scripted_mix")
 
 
 @dataclass
@@ -46,11 +52,17 @@ class OfflineDataConfig:
     output: str = "???"
     reference_episodes: int = 10
     seed: int = 0
+    # scripted_mix:
+    env_id: str | None = None  # a robopolicy task, e.g. robopolicy/Lift-v0
+    noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.6, 1.2])
+    episodes_per_level: int = 50
 
 
 def make_offline_data(cfg: OfflineDataConfig) -> dict[str, Any]:
     if cfg.kind not in KINDS:
         raise ValueError(f"kind {cfg.kind!r} not in {KINDS}")
+    if cfg.kind == "scripted_mix":
+        return _scripted_mix(cfg)
     start = time.perf_counter()
     run = Path(cfg.source)
     checkpoint = resolve_checkpoint(run / "checkpoints" / f"{cfg.policy_step:07d}")
@@ -87,6 +99,71 @@ def make_offline_data(cfg: OfflineDataConfig) -> dict[str, Any]:
         "references": references,
         "minutes": (time.perf_counter() - start) / 60,
     }
+
+
+def _scripted_mix(cfg: OfflineDataConfig) -> dict[str, Any]:
+    from robopolicy.sim.agents import ExpertAgent
+    from robopolicy.sim.rollout import run_episodes
+    from robopolicy.sim.vector import make_vector_env
+
+    if not cfg.env_id:
+        raise ValueError("kind scripted_mix needs env_id (a robopolicy task)")
+    start = time.perf_counter()
+    env_kwargs = {"obs_type": "state"}
+    envs = make_vector_env(cfg.env_id, 2, env_kwargs)
+    episodes, returns, keys = [], [], None
+    try:
+        for level, noise in enumerate(cfg.noise_levels):
+            seeds = range(
+                cfg.seed + level * 100_000, cfg.seed + level * 100_000 + cfg.episodes_per_level
+            )
+            records = run_episodes(envs, ExpertAgent(noise), iter(seeds), record_steps=True)
+            for record in tqdm(records, total=cfg.episodes_per_level, desc=f"noise {noise:g}"):
+                keys = keys or sorted(record.final_observation)
+                obs = np.stack([_flat(o, keys) for o in record.observations])
+                final = _flat(record.final_observation, keys)
+                episodes.append(
+                    episode(
+                        obs,
+                        np.stack(record.actions),
+                        np.asarray(record.rewards),
+                        np.concatenate([obs[1:], final[None]]),
+                        record.success,
+                        np.stack(record.states),
+                    )
+                )
+                returns.append(record.episode_return)
+        reference = list(
+            run_episodes(
+                envs, ExpertAgent(0.0), iter(range(10_000, 10_000 + cfg.reference_episodes))
+            )
+        )
+    finally:
+        envs.close()
+    references = {
+        "random": _mean_return(cfg.env_id, env_kwargs, None, cfg.reference_episodes, cfg.seed),
+        "expert": float(np.mean([r.episode_return for r in reference])),
+        "expert_source": "scripted expert, noise 0",
+        "episodes": cfg.reference_episodes,
+    }
+    env_args = {
+        **make_env_args(cfg.env_id, env_kwargs),
+        REFERENCES_KEY: references,
+        OBS_KEYS_KEY: keys,
+    }
+    path = write_dataset(cfg.output, episodes, env_args)
+    return {
+        "output": str(path),
+        "episodes": len(episodes),
+        "transitions": int(sum(ep.num_samples for ep in episodes)),
+        "mean_return": float(np.mean(returns)),
+        "references": references,
+        "minutes": (time.perf_counter() - start) / 60,
+    }
+
+
+def _flat(obs: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in keys])
 
 
 def _rollouts(env_id, env_kwargs, actor, budget: int, seed: int) -> list:

@@ -22,6 +22,7 @@ from robopolicy.data.hdf5 import DatasetError, Episode, load_episodes, read_env_
 
 OBS_KEY = "obs"
 REFERENCES_KEY = "return_references"  # env_args[...] = {"random": R, "expert": R, "source": ...}
+OBS_KEYS_KEY = "obs_keys"  # env_args[...]: the dict-observation keys concatenated into "obs"
 
 
 @dataclass
@@ -40,6 +41,7 @@ class OfflineData:
     env_id: str
     env_kwargs: dict[str, Any]
     references: dict[str, Any] | None
+    obs_keys: list[str] | None = None  # dict-observation tasks: keys concatenated, in order
 
     @property
     def timeouts(self) -> np.ndarray:
@@ -109,6 +111,7 @@ def load_offline_data(path: str | os.PathLike[str]) -> OfflineData:
         env_id=env_args["env_name"],
         env_kwargs=dict(env_args.get("env_kwargs") or {}),
         references=env_args.get(REFERENCES_KEY),
+        obs_keys=env_args.get(OBS_KEYS_KEY),
     )
 
 
