@@ -109,6 +109,17 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # type: ignore[return-value]
 
 
+def saved_config(checkpoint: Path, section: str, schema: type):
+    """The config a run saved in ``section``, as ``schema``, with ``resume`` pointing at the
+    checkpoint: a resumed run continues exactly as it was set up."""
+    saved = read_config(checkpoint).get(section)
+    if saved is None:
+        raise ConfigError(f"{checkpoint} is not a {section} checkpoint (no '{section}' section)")
+    merged = OmegaConf.merge(OmegaConf.structured(schema), saved)
+    merged.resume = str(checkpoint)
+    return merged
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads((resolve_checkpoint(path) / "meta.json").read_text())
 

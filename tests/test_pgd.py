@@ -496,3 +496,60 @@ def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) ->
     result = train_offline(off)
     assert 0 <= result["final"]["normalized_return"] <= 100
     assert main(["eval", result["checkpoint"], "n_episodes=1", "video_episodes=0"]) == 0
+
+
+def _synth_overrides(medium, run_dir, *extra):
+    return [
+        f"dataset={medium}",
+        f"run_dir={run_dir}",
+        "horizon=8",
+        "stride=4",
+        "down_dims=[8,16]",
+        "steps=4",
+        "batch_size=8",
+        "warmup_steps=1",
+        "save_every=2",
+        "inspect_trajectories=0",
+        "num_threads=1",
+        *extra,
+    ]
+
+
+def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    straight = train_trajectory_model(
+        load_config(None, SynthConfig, _synth_overrides(medium, tmp_path / "a"))
+    )
+    train_trajectory_model(load_config(None, SynthConfig, _synth_overrides(medium, tmp_path / "b")))
+    resumed = train_trajectory_model(
+        load_config(None, SynthConfig, [f"resume={tmp_path / 'b' / 'checkpoints' / '0000002'}"])
+    )
+    a = load_file(Path(straight["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(resumed["checkpoint"]) / "model.safetensors")
+    assert resumed["checkpoint"].endswith("0000004") and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def offline(run_dir, *extra):
+        overrides = [
+            f"dataset={medium}",
+            f"run_dir={run_dir}",
+            "steps=20",
+            "save_every=10",
+            "eval_every=0",
+            "final_eval_episodes=1",
+            "num_threads=1",
+            "agent.hidden_dim=16",
+            "agent.batch_size=16",
+            *extra,
+        ]
+        return train_offline(load_config(None, OfflineConfig, overrides))
+
+    first = offline(tmp_path / "c")
+    offline(tmp_path / "d")
+    again = train_offline(
+        load_config(None, OfflineConfig, [f"resume={tmp_path / 'd' / 'checkpoints' / '0000010'}"])
+    )
+    a = load_file(Path(first["checkpoint"]) / "model.safetensors")
+    b = load_file(Path(again["checkpoint"]) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

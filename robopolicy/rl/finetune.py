@@ -27,6 +27,7 @@ from robopolicy.checkpoint import (
     read_config,
     resolve_checkpoint,
     save_checkpoint,
+    saved_config,
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_text
@@ -68,7 +69,7 @@ class Setup:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
-        cfg = _resumed_config(resume_from)
+        cfg = saved_config(resume_from, "finetune", FinetuneConfig)
     validate_finetune_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -319,16 +320,6 @@ def _crossed(before: int, now: int, every: int) -> bool:
 def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
-
-
-def _resumed_config(checkpoint: Path) -> FinetuneConfig:
-    """The saved config: a resumed run continues exactly as it was set up."""
-    saved = read_config(checkpoint).get("finetune")
-    if saved is None:
-        raise ConfigError(f"{checkpoint} is not a finetune checkpoint (no 'finetune' section)")
-    merged = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), saved)
-    merged.resume = str(checkpoint)
-    return merged  # type: ignore[return-value]
 
 
 def _save(

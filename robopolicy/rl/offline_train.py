@@ -6,6 +6,9 @@ synthetic pool (PGD: 240 of 256) and the rest from the real data. The first pool
 every ``regenerate_every`` agent steps the pool is regenerated, guided by the current agent
 with coefficient ``synthetic.guidance`` (0 keeps every pool unguided: the "unguided" arm).
 Eval reports the mean return and, with the dataset's references, D4RL's normalised score.
+``resume=`` continues from a checkpoint: learner, optimisers, step and RNG are restored; the
+synthetic pool is regenerated from the restored agent (it is not saved: it is a function of
+the model and the agent).
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from robopolicy.checkpoint import save_checkpoint
+from robopolicy.checkpoint import (
+    load_training_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    saved_config,
+)
 from robopolicy.config import to_dict
 from robopolicy.files import atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent
@@ -31,9 +39,13 @@ from robopolicy.synth.generate import generate, mean_log_likelihood
 from robopolicy.synth.model import load_trajectory_model
 from robopolicy.synth.offline_data import OfflineData, load_offline_data, normalized_return
 from robopolicy.synth.pool import TransitionPool, sample_real_and_synthetic, to_transitions
+from robopolicy.training import state as train_state
 
 
 def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
+    resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    if resume_from is not None:
+        cfg = saved_config(resume_from, "offline", OfflineConfig)
     validate_offline_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -57,7 +69,13 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
         real.obs.mean(dim=0),
         real.obs.std(dim=0).clamp_min(1e-3),
     )
-    run_dir = make_run_dir(cfg.run_dir, cfg.name, None)
+    start_step = 0
+    if resume_from is not None:
+        state = load_training_state(resume_from)
+        agent.learner.load_training_state(state)
+        train_state.load_rng_state(state["rng"])
+        start_step = int(state["counters"]["step"])
+    run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
     logger = RunLogger(run_dir, enabled=True)
     history: list[dict[str, Any]] = []
@@ -91,11 +109,12 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
         )
         return row
 
-    progress = tqdm(total=cfg.steps, desc=f"offline {cfg.name}", unit="update")
+    progress = tqdm(total=cfg.steps, initial=start_step, desc=f"offline {cfg.name}", unit="update")
     metrics: dict[str, float] = {}
     try:
-        for step in range(cfg.steps):
-            if model is not None and step % cfg.synthetic.regenerate_every == 0:
+        for step in range(start_step, cfg.steps):
+            due = step % cfg.synthetic.regenerate_every == 0 or step == start_step
+            if model is not None and due:
                 guided = step > 0 and cfg.synthetic.guidance > 0
                 began = time.perf_counter()
                 raw = generate(
@@ -170,12 +189,18 @@ def _save(
             "obs_keys": data.obs_keys,
         },
     }
+    training_state = {
+        **agent.learner.training_state(),
+        "counters": {"step": step},
+        "rng": train_state.rng_state(),
+    }
     return save_checkpoint(
         run_dir / "checkpoints" / f"{step:07d}",
         agent.policy_modules(),
         config,
         step=step,
         metrics=metrics,
+        training_state=training_state,
     )
 
 

@@ -19,8 +19,9 @@ class SynthConfig:
     """``robopolicy synth train``: fit the trajectory diffusion model to an offline dataset."""
 
     name: str = "synth"
-    dataset: str = "???"
+    dataset: str | None = None  # required (unless resuming)
     run_dir: str | None = None
+    resume: str | None = None  # a checkpoint (or run) of this command to continue from
     seed: int = 0
     horizon: int = 32  # window length (ANCHORS: 32)
     stride: int = 8  # window stride (ANCHORS: 8)
@@ -54,8 +55,9 @@ class OfflineConfig:
     (guided) synthetic data."""
 
     name: str = "offline"
-    dataset: str = "???"
+    dataset: str | None = None  # required (unless resuming)
     run_dir: str | None = None
+    resume: str | None = None  # a checkpoint (or run) of this command to continue from
     seed: int = 0
     steps: int = 100_000  # agent updates
     eval_every: int = 10_000
@@ -77,7 +79,13 @@ def validate_sampler(cfg: SamplerConfig) -> None:
         )
 
 
+def require_dataset(cfg) -> None:
+    if not cfg.dataset:
+        raise ValueError("dataset=<offline dataset .hdf5> is required")
+
+
 def validate_offline_config(cfg: OfflineConfig) -> None:
+    require_dataset(cfg)
     if not 0 <= cfg.synthetic.fraction < 1:
         raise ValueError(f"synthetic.fraction must be in [0, 1), got {cfg.synthetic.fraction}")
     if cfg.synthetic.model and cfg.synthetic.fraction == 0:
