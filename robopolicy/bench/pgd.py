@@ -52,10 +52,10 @@ class Config:
     only: list[str] = field(default_factory=list)  # dataset names (empty: all)
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    guidance: float = 1.0  # lambda of the guided arm
+    guidance: float = 3.0  # lambda of the guided arm
     steps: int | None = None  # agent steps (None: the offline config's)
     check_trajectories: int = 256  # unguided vs guided comparison at the end
-    check_guidance: list[float] = field(default_factory=lambda: [0.3, 3.0])  # extra lambdas
+    check_guidance: list[float] = field(default_factory=lambda: [0.3, 1.0, 10.0])  # extra lambdas
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     out_root: str = "runs/bench"
 
