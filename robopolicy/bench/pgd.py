@@ -57,6 +57,7 @@ class Config:
     check_trajectories: int = 256  # unguided vs guided comparison at the end
     check_guidance: list[float] = field(default_factory=lambda: [0.3, 1.0, 10.0])  # extra lambdas
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
+    synth_overrides: list[str] = field(default_factory=list)  # applied to model training
     out_root: str = "runs/bench"
 
 
@@ -75,7 +76,7 @@ def run(cfg: Config) -> dict[str, Any]:
     }
     for ds in [d for d in cfg.datasets if not cfg.only or d.name in cfg.only]:
         data_path = _ensure_dataset(ds)
-        model = ds.model or _train_model(ds, data_path, out)
+        model = ds.model or _train_model(ds, data_path, out, cfg.synth_overrides)
         data = load_offline_data(data_path)
         entry: dict[str, Any] = {
             "dataset": data_path,
@@ -120,13 +121,13 @@ def _ensure_dataset(ds: Dataset) -> str:
     return data_cfg.output
 
 
-def _train_model(ds: Dataset, data_path: str, out: Path) -> Path:
+def _train_model(ds: Dataset, data_path: str, out: Path, overrides: list[str]) -> Path:
     from robopolicy.synth.train import train_trajectory_model
 
     synth_cfg = load_config(
         CONFIG_DIR / ds.synth_config,
         SynthConfig,
-        [f"dataset={data_path}", f"run_dir={out / ds.name / 'trajectory_model'}"],
+        [f"dataset={data_path}", f"run_dir={out / ds.name / 'trajectory_model'}", *overrides],
     )
     return Path(train_trajectory_model(synth_cfg)["run_dir"])
 
