@@ -89,14 +89,18 @@ def make_offline_data(cfg: OfflineDataConfig) -> dict[str, Any]:
         "episodes": cfg.reference_episodes,
     }
     env_args = {**make_env_args(env_id, env_kwargs), REFERENCES_KEY: references}
-    path = write_dataset(cfg.output, episodes, env_args)
-    returns = [float(ep.rewards.sum()) for ep in episodes]
+    return _write(cfg.output, episodes, env_args, start)
+
+
+def _write(output: str, episodes: list, env_args: dict[str, Any], start: float) -> dict[str, Any]:
+    """Write the dataset atomically and summarise it."""
+    path = write_dataset(output, episodes, env_args)
     return {
         "output": str(path),
         "episodes": len(episodes),
         "transitions": int(sum(ep.num_samples for ep in episodes)),
-        "mean_return": float(np.mean(returns)),
-        "references": references,
+        "mean_return": float(np.mean([ep.rewards.sum() for ep in episodes])),
+        "references": env_args[REFERENCES_KEY],
         "minutes": (time.perf_counter() - start) / 60,
     }
 
@@ -111,7 +115,7 @@ def _scripted_mix(cfg: OfflineDataConfig) -> dict[str, Any]:
     start = time.perf_counter()
     env_kwargs = {"obs_type": "state"}
     envs = make_vector_env(cfg.env_id, 2, env_kwargs)
-    episodes, returns, keys = [], [], None
+    episodes, keys = [], None
     try:
         for level, noise in enumerate(cfg.noise_levels):
             seeds = range(
@@ -132,7 +136,6 @@ def _scripted_mix(cfg: OfflineDataConfig) -> dict[str, Any]:
                         np.stack(record.states),
                     )
                 )
-                returns.append(record.episode_return)
         reference = list(
             run_episodes(
                 envs, ExpertAgent(0.0), iter(range(10_000, 10_000 + cfg.reference_episodes))
@@ -151,15 +154,7 @@ def _scripted_mix(cfg: OfflineDataConfig) -> dict[str, Any]:
         REFERENCES_KEY: references,
         OBS_KEYS_KEY: keys,
     }
-    path = write_dataset(cfg.output, episodes, env_args)
-    return {
-        "output": str(path),
-        "episodes": len(episodes),
-        "transitions": int(sum(ep.num_samples for ep in episodes)),
-        "mean_return": float(np.mean(returns)),
-        "references": references,
-        "minutes": (time.perf_counter() - start) / 60,
-    }
+    return _write(cfg.output, episodes, env_args, start)
 
 
 def _flat(obs: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
