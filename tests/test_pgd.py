@@ -478,6 +478,8 @@ def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) ->
     assert data.obs.shape[1] == 15 and data.references["expert"] == pytest.approx(1.0)
     # terminal exactly where an episode succeeded (reward 1), else cut by the time limit
     np.testing.assert_array_equal(data.terminals, data.rewards > 0)
+    # Lift's state is not recoverable from its observation: no dynamics error, not a wrong one
+    assert dynamics_error(data.env_id, data.env_kwargs, data.tensors()) is None
     off = load_config(
         None,
         OfflineConfig,

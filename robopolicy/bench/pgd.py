@@ -97,7 +97,7 @@ def run(cfg: Config) -> dict[str, Any]:
         guided = [r for k, r in entry["runs"].items() if k.startswith("guided/")]
         if guided and cfg.check_trajectories:
             entry["synthetic_check"] = _compare_synthetic(
-                cfg, ds, data_path, model, guided[0]["checkpoint"]
+                cfg, ds, data, data_path, model, guided[0]["checkpoint"]
             )
         _plot(ds.name, entry, out / f"{ds.name}.png")
         write_results(out, results, _report(results))
@@ -158,14 +158,13 @@ def _one_run(cfg, ds, data_path, model, arm, seed, run_dir) -> dict[str, Any]:
 
 
 def _compare_synthetic(
-    cfg: Config, ds: Dataset, data_path: str, model_run, agent_checkpoint
+    cfg: Config, ds: Dataset, data, data_path: str, model_run, agent_checkpoint
 ) -> dict[str, Any]:
     """Unguided and guided samples for one target policy, same noise seeds."""
     model, _ = load_trajectory_model(model_run)
     agent = load_offline_agent(agent_checkpoint)
     off_cfg = load_config(CONFIG_DIR / ds.offline_config, OfflineConfig, [f"dataset={data_path}"])
     sampler = SamplerConfig(**to_dict(off_cfg.synthetic.sampler))
-    data = load_offline_data(data_path)
     check: dict[str, Any] = {"target_policy": str(agent_checkpoint), "guidance": cfg.guidance}
     lambdas = sorted({0.0, cfg.guidance, *cfg.check_guidance})
     check["by_guidance"] = {}

@@ -182,6 +182,7 @@ class OfflineAgent(nn.Module):
         super().__init__()
         validate_offline_agent_config(cfg)
         self.cfg = cfg
+        self.action_dim = action_dim
         self.register_buffer("obs_mean", torch.zeros(obs_dim) if obs_mean is None else obs_mean)
         self.register_buffer("obs_std", torch.ones(obs_dim) if obs_std is None else obs_std)
         learner_cls = TD3BCLearner if cfg.algo == "td3bc" else IQLLearner

@@ -185,7 +185,7 @@ def _save(
         "task": {"env_id": data.env_id, "env_kwargs": data.env_kwargs},
         "offline_agent": {
             "obs_dim": agent.obs_mean.shape[0],
-            "action_dim": _action_dim(agent),
+            "action_dim": agent.action_dim,
             "obs_keys": data.obs_keys,
         },
     }
@@ -202,10 +202,6 @@ def _save(
         metrics=metrics,
         training_state=training_state,
     )
-
-
-def _action_dim(agent: OfflineAgent) -> int:
-    return int(agent(torch.zeros(1, agent.obs_mean.shape[0])).shape[1])
 
 
 def _plot(history: list[dict[str, Any]], run_dir: Path, title: str, normalized: bool) -> None:

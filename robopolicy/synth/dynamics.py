@@ -24,26 +24,21 @@ def supports_dynamics_error(sim) -> bool:
     return isinstance(sim, MujocoEnv)
 
 
-def dynamics_error_available(env_id: str, env_kwargs: dict[str, Any]) -> bool:
-    env = make_env(env_id, **env_kwargs)
-    try:
-        return supports_dynamics_error(env.unwrapped)
-    finally:
-        env.close()
-
-
 def dynamics_error(
     env_id: str, env_kwargs: dict[str, Any], transitions: dict[str, Tensor], limit: int = 2000
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """Mean squared next-state error (per dimension; also in units of each dimension's variance
     over the true next states) and reward error over up to ``limit`` non-terminal transitions,
-    and the share of them whose true step ends the episode."""
+    and the share of them whose true step ends the episode. None for a task whose simulator
+    state cannot be rebuilt from its observation (not a gymnasium MuJoCo task)."""
     env = make_env(env_id, **env_kwargs)
     try:
         sim = env.unwrapped
+        if not supports_dynamics_error(sim):
+            return None
         nq, nv = sim.model.nq, sim.model.nv
         skipped = nq + nv - transitions["obs"].shape[1]
-        if not supports_dynamics_error(sim) or skipped < 0:
+        if skipped < 0:
             raise ValueError(
                 f"dynamics error needs a gymnasium MuJoCo task observing (qpos[k:], qvel); "
                 f"{env_id} has nq={nq}, nv={nv} and {transitions['obs'].shape[1]} obs dims"

@@ -12,7 +12,6 @@ Euler step to sigma = 0.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,7 +99,3 @@ def heun_sample(
             x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
         x = x_next
     return x
-
-
-def edm_loss_is_finite(loss: Tensor) -> bool:
-    return bool(math.isfinite(loss.item()))

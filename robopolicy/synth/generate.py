@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from robopolicy.synth.config import SamplerConfig
-from robopolicy.synth.dynamics import dynamics_error, dynamics_error_available
+from robopolicy.synth.dynamics import dynamics_error
 from robopolicy.synth.guidance import PolicyGuide, TargetPolicy
 from robopolicy.synth.model import TrajectoryModel
 from robopolicy.synth.offline_data import OfflineData
@@ -73,9 +73,8 @@ def inspect_synthetic(
             ((synth_rows.mean(dim=0) - real_rows.mean(dim=0)).abs() / std).mean()
         ),
         "feature_std_ratio": float((synth_rows.std(dim=0) / std).mean()),
-        "dynamics": dynamics_error(data.env_id, data.env_kwargs, transitions, dynamics_limit)
-        if dynamics_error_available(data.env_id, data.env_kwargs)
-        else None,  # the task's state cannot be rebuilt from its observation
+        # None where the task's state cannot be rebuilt from its observation
+        "dynamics": dynamics_error(data.env_id, data.env_kwargs, transitions, dynamics_limit),
     }
     if policy is not None:
         report["target_log_likelihood"] = mean_log_likelihood(policy, transitions)

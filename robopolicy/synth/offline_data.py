@@ -56,7 +56,7 @@ class OfflineData:
         return np.concatenate([[0], self.episode_ends[:-1]])
 
     def episode_returns(self) -> np.ndarray:
-        return np.add.reduceat(self.rewards, self.episode_starts) if len(self.rewards) else []
+        return np.add.reduceat(self.rewards, self.episode_starts)
 
     def tensors(self) -> dict[str, Tensor]:
         """Float32 tensors for a replay buffer."""
