@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from bc_fixtures import tiny_obs, tiny_policy
@@ -12,6 +13,7 @@ from bc_fixtures import tiny_obs, tiny_policy
 from robopolicy.inference.ensemble import TemporalEnsembleExecutor
 from robopolicy.inference.execution import ExecutionConfig, make_executor
 from robopolicy.inference.executor import threshold_discrete
+from robopolicy.inference.history import ObservationHistories, obs_tensor
 from robopolicy.inference.rti import RTIExecutor, shift_warm_start
 
 
@@ -184,3 +186,21 @@ def test_execution_config_picks_the_scheme_and_sampler() -> None:
         make_executor(policy, 1, ExecutionConfig(action_horizon=8))
     with pytest.raises(ValueError, match="discrete action dims"):
         make_executor(policy, 1, ExecutionConfig(), discrete_dims=[2])
+
+
+def test_observation_histories_pad_new_episodes_and_forget_on_clear() -> None:
+    histories = ObservationHistories(horizon=3, batch_size=2)
+    histories.push(0, {"x": torch.tensor([1.0])})
+    histories.push(1, {"x": torch.tensor([5.0])})
+    histories.push(0, {"x": torch.tensor([2.0])})
+    batch = histories.stacked([0, 1])
+    assert batch["x"].shape == (2, 3, 1)
+    assert batch["x"][:, :, 0].tolist() == [[1.0, 1.0, 2.0], [5.0, 5.0, 5.0]]
+    histories.clear(0)
+    histories.push(0, {"x": torch.tensor([7.0])})
+    assert histories.stacked([0])["x"][0, :, 0].tolist() == [7.0, 7.0, 7.0]
+
+
+def test_obs_tensor_keeps_images_as_bytes() -> None:
+    assert obs_tensor(np.zeros((2, 2), dtype=np.uint8)).dtype == torch.uint8
+    assert obs_tensor(np.zeros(3, dtype=np.float64)).dtype == torch.float32

@@ -2,20 +2,20 @@
 dimensions, and the count of network evaluations per executed action.
 
 An executor serves a batch of independent episodes (the sub-envs of a vector env, or the
-clients of a policy server): each keeps its own history, so episodes may start and end at
-different times. A new episode's history is filled with copies of its first observation, as
-training pads episode starts. Subclasses decide how observations become actions
-(``chunking``, ``ensemble``, ``rti``).
+clients of a policy server): each keeps its own history (``history``), so episodes may start
+and end at different times. Subclasses decide how observations become actions (``chunking``,
+``ensemble``, ``rti``).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from robopolicy.inference.history import ObservationHistories
 
 
 def threshold_discrete(actions: Tensor, discrete_dims: Sequence[int]) -> Tensor:
@@ -40,9 +40,7 @@ class Executor:
         self.policy = policy
         self.batch_size = batch_size
         self.discrete_dims = tuple(discrete_dims)
-        self.histories: list[deque[dict[str, Tensor]]] = [
-            deque(maxlen=policy.obs_horizon) for _ in range(batch_size)
-        ]
+        self.histories = ObservationHistories(policy.obs_horizon, batch_size)
         self.network_evaluations = 0  # denoiser passes, summed over batch rows
         self.actions_executed = 0  # summed over batch rows
 
@@ -54,32 +52,20 @@ class Executor:
         """Start new episodes where ``mask`` is True (everywhere when None)."""
         for i in range(self.batch_size):
             if mask is None or mask[i]:
-                self.histories[i].clear()
+                self.histories.clear(i)
                 self._reset_episode(i)
 
     def act(self, obs: dict[str, Tensor]) -> Tensor:
         """Actions (B, A) for observations (B, ...) without a time axis."""
-        for i, history in enumerate(self.histories):
-            current = {k: v[i] for k, v in obs.items()}
-            if not history:
-                history.extend([current] * self.policy.obs_horizon)
-            else:
-                history.append(current)
+        for i in range(self.batch_size):
+            self.histories.push(i, {k: v[i] for k, v in obs.items()})
         actions = self._plan()
         self.actions_executed += self.batch_size
         return threshold_discrete(actions, self.discrete_dims)
 
-    def _stacked(self, rows: Sequence[int]) -> dict[str, Tensor]:
-        """The histories of ``rows`` as a (len(rows), T_obs, ...) observation batch."""
-        keys = self.histories[rows[0]][0].keys()
-        return {
-            key: torch.stack([torch.stack([o[key] for o in self.histories[i]]) for i in rows])
-            for key in keys
-        }
-
     def _predict(self, rows: Sequence[int], **kwargs) -> Tensor:
         """``predict_chunk`` for ``rows``, counting its network evaluations."""
-        chunk = self.policy.predict_chunk(self._stacked(rows), **kwargs)
+        chunk = self.policy.predict_chunk(self.histories.stacked(rows), **kwargs)
         per_row = self.policy.network_evaluations(kwargs.get("start_step"))
         self.network_evaluations += per_row * len(rows)
         return chunk

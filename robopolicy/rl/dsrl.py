@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from robopolicy.inference.executor import threshold_discrete
+from robopolicy.inference.history import ObservationHistories, obs_tensor
 from robopolicy.rl.agent_config import AgentConfig
 from robopolicy.rl.learner import Learner, _step
 from robopolicy.rl.mdp import MDP, Step
@@ -47,7 +48,7 @@ class NoiseBase:
             policy.set_sampler("ddim")  # DDPM would add fresh noise: not a function of w
         self.policy = policy.eval().requires_grad_(False)
         self.discrete_dims = tuple(discrete_dims)
-        self.histories: list[deque] = [deque(maxlen=policy.obs_horizon) for _ in range(num_envs)]
+        self.histories = ObservationHistories(policy.obs_horizon, num_envs)
         self.noise_shape = (policy.pred_horizon, policy.action_dim)
         self.noise_dim = policy.pred_horizon * policy.action_dim
         self.action_horizon = policy.action_horizon
@@ -55,9 +56,9 @@ class NoiseBase:
         self.feature_dim = policy.obs_encoder.out_dim
 
     def reset(self, mask: np.ndarray | None = None) -> None:
-        for i, history in enumerate(self.histories):
+        for i in range(len(self.histories)):
             if mask is None or mask[i]:
-                history.clear()
+                self.histories.clear(i)
 
     def push(self, obs: dict[str, np.ndarray], rows: Sequence[int]) -> None:
         """Append each row's observation (from a batch) to its history."""
@@ -66,24 +67,11 @@ class NoiseBase:
 
     def push_row(self, i: int, obs: dict[str, np.ndarray]) -> None:
         """Append one sub-env's observation; a new episode's fills its whole history."""
-        current = {
-            k: torch.as_tensor(
-                obs[k], dtype=torch.uint8 if obs[k].dtype == np.uint8 else torch.float32
-            )
-            for k in self.policy.shapes.obs
-        }
-        if not self.histories[i]:
-            self.histories[i].extend([current] * self.policy.obs_horizon)
-        else:
-            self.histories[i].append(current)
+        self.histories.push(i, {k: obs_tensor(obs[k]) for k in self.policy.shapes.obs})
 
     @torch.no_grad()
     def features(self, rows: Sequence[int]) -> Tensor:
-        batch = {
-            k: torch.stack([torch.stack([o[k] for o in self.histories[i]]) for i in rows])
-            for k in self.policy.shapes.obs
-        }
-        return self.policy.encode_obs(batch)
+        return self.policy.encode_obs(self.histories.stacked(list(rows)))
 
     @torch.no_grad()
     def decode(self, features: Tensor, noise: Tensor) -> Tensor:

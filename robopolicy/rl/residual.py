@@ -25,6 +25,7 @@ from torch import Tensor
 
 from robopolicy.inference.chunking import ChunkExecutor
 from robopolicy.inference.executor import threshold_discrete
+from robopolicy.inference.history import obs_tensor
 from robopolicy.rl.replay import ReplayBuffer
 
 
@@ -55,9 +56,9 @@ class ResidualBase:
         actions, histories = [], []
         for i in rows:
             executor = self.executors[i]
-            current = {k: _tensor(obs[k][i : i + 1]) for k in self.policy.shapes.obs}
+            current = {k: obs_tensor(obs[k][i : i + 1]) for k in self.policy.shapes.obs}
             actions.append(executor.act(current)[0])
-            histories.append(executor._stacked([0]))
+            histories.append(executor.histories.stacked([0]))
         batch = {k: torch.cat([h[k] for h in histories]) for k in histories[0]}
         features = self.policy.encode_obs(batch)
         return torch.cat([features, torch.stack(actions)], dim=-1)
@@ -74,10 +75,6 @@ class ResidualBase:
         """
         executed = (self.base_action(actor_obs) + residual).clamp(-1.0, 1.0)
         return threshold_discrete(executed, self.discrete_dims)
-
-
-def _tensor(value: np.ndarray) -> Tensor:
-    return torch.as_tensor(value, dtype=torch.uint8 if value.dtype == np.uint8 else torch.float32)
 
 
 @torch.no_grad()

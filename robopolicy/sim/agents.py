@@ -11,7 +11,8 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
-import torch
+
+from robopolicy.inference.history import obs_tensor
 
 
 class Agent(Protocol):
@@ -78,9 +79,7 @@ class PolicyAgent:
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         device = self.policy.device
         batch = {
-            key: torch.as_tensor(
-                value, dtype=torch.uint8 if value.dtype == np.uint8 else torch.float32
-            ).to(device)
+            key: obs_tensor(value).to(device)
             for key, value in obs.items()
             if key in self.policy.shapes.obs
         }
