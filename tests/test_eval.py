@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from robopolicy.sim.agents import ExpertAgent
@@ -37,7 +38,7 @@ def test_eval_writes_summary_and_video(tmp_path) -> None:
     )
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["seeds"] == [5, 6, 7] and saved["n_episodes"] == 3
-    assert saved["success_rate"] == 1.0
+    assert saved["success_rate"] == 1.0 and saved["success_signal"] is True
     assert saved["success_ci95"][0] < 1.0 == saved["success_ci95"][1]
     assert saved["time_per_action_ms"] > 0 and saved["mean_episode_length"] > 5
     assert (tmp_path / "rollouts.mp4").stat().st_size > 1000
@@ -49,3 +50,28 @@ def test_eval_is_reproducible_whatever_the_number_of_envs() -> None:
     one = evaluate("robopolicy/Lift-v0", ExpertAgent(0.5), num_envs=1, **kwargs)
     two = evaluate("robopolicy/Lift-v0", ExpertAgent(0.5), num_envs=2, **kwargs)
     assert one["per_episode"] == two["per_episode"]
+
+
+class ZeroAgent:
+    """Always the zero action: enough to run a task through the harness."""
+
+    name = "zero"
+
+    def prepare(self, envs) -> None:
+        self.action_shape = envs.single_action_space.shape
+
+    def reset(self, env_mask) -> None:
+        pass
+
+    def act(self, obs, envs):
+        return np.zeros((envs.num_envs, *self.action_shape), dtype=np.float32)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+def test_tasks_without_a_success_signal_are_summarised_by_return() -> None:
+    summary = evaluate("Pendulum-v1", ZeroAgent(), n_episodes=1, num_envs=1, progress=False)
+    assert summary["success_signal"] is False and summary["mean_episode_length"] == 200
+    line = summary_line(summary)
+    assert "success" not in line and "mean return" in line

@@ -70,6 +70,7 @@ def evaluate(
         "env_kwargs": {k: v for k, v in env_kwargs.items() if k != "render_mode"},
         "n_episodes": len(records),
         "seeds": [r.seed for r in records],
+        "success_signal": any(r.success_signal for r in records),
         "success_rate": successes / len(records),
         "success_ci95": [low, high],
         "mean_return": float(np.mean([r.episode_return for r in records])),
@@ -93,11 +94,16 @@ def evaluate(
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """One line for the terminal: the figure a user came for, with its uncertainty."""
+    """One line for the terminal: the figure a user came for, with its uncertainty (tasks
+    without a success signal, like gymnasium's locomotion, are summarised by their return)."""
     low, high = summary["success_ci95"]
+    success = (
+        f"success {summary['success_rate']:.0%} [{low:.0%}, {high:.0%}] "
+        if summary.get("success_signal", True)
+        else ""
+    )
     return (
-        f"{summary['env_id']} {summary['agent']}: success {summary['success_rate']:.0%} "
-        f"[{low:.0%}, {high:.0%}] over n={summary['n_episodes']}, "
+        f"{summary['env_id']} {summary['agent']}: {success}over n={summary['n_episodes']}, "
         f"mean return {summary['mean_return']:.2f}, mean length "
         f"{summary['mean_episode_length']:.1f}, {summary['time_per_action_ms']:.2f} ms/action"
     )

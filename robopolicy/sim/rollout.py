@@ -24,6 +24,7 @@ class EpisodeRecord:
 
     seed: int
     success: bool = False
+    success_signal: bool = False  # the task reported ``is_success`` (locomotion tasks do not)
     episode_return: float = 0.0
     length: int = 0
     frames: list[np.ndarray] | None = None
@@ -116,6 +117,7 @@ def run_episodes(
             record.episode_return += float(rewards[i])
             # tasks without a success signal (e.g. gymnasium's locomotion) never succeed
             record.success = record.success or bool(infos.get("is_success", no_success)[i])
+            record.success_signal = record.success_signal or "is_success" in infos
             if record_steps:
                 record.observations.append(_slice(obs, i))
                 record.actions.append(np.array(actions[i]))
