@@ -31,7 +31,7 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_text
-from robopolicy.rl.actors import FlatObsAgent, ResidualAgent, flatten_obs
+from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
@@ -57,8 +57,6 @@ class Setup:
 
     env_id: str
     env_kwargs: dict[str, Any]
-    obs_dim: int
-    action_dim: int
     policy: Any = None  # the frozen base (residual, DSRL)
     obs_keys: list[str] | None = None  # scratch
     demos: ReplayBuffer | None = None
@@ -84,7 +82,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        setup.obs_dim, setup.action_dim = mdp.obs_dim, mdp.action_dim  # the actor's
         learner = _make_learner(cfg, mdp)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
@@ -222,17 +219,9 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     if cfg.method == "scratch":
         env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
         space = env.observation_space
-        keys = sorted(cfg.obs_keys or space.spaces) if hasattr(space, "spaces") else None
-        sample = (
-            flatten_obs({k: v[None] for k, v in env.observation_space.sample().items()}, keys)
-            if keys is not None
-            else flatten_obs(space.sample()[None], None)
-        )
-        action_dim = int(np.prod(env.action_space.shape))
         env.close()
-        return Setup(
-            cfg.env_id, dict(cfg.env_kwargs or {}), sample.shape[1], action_dim, obs_keys=keys
-        )
+        keys = sorted(cfg.obs_keys or space.spaces) if hasattr(space, "spaces") else None
+        return Setup(cfg.env_id, dict(cfg.env_kwargs or {}), obs_keys=keys)
     from robopolicy.checkpoint import load_policy
     from robopolicy.data.hdf5 import load_episodes
 
@@ -254,8 +243,6 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     setup = Setup(
         env_id,
         env_kwargs,
-        policy.obs_encoder.out_dim + policy.action_dim,
-        policy.action_dim,
         policy=policy,
         base_checkpoint=str(base_path),
         discrete_dims=discrete,
@@ -275,7 +262,7 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     if cfg.method.startswith("dsrl"):
         base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims)
         return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
-    return FlatMDP(envs, seeds, setup.obs_keys, setup.obs_dim, setup.action_dim)
+    return FlatMDP(envs, seeds, setup.obs_keys)
 
 
 def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
@@ -340,8 +327,8 @@ def _save(
             "env_id": setup.env_id,
             "env_kwargs": setup.env_kwargs,
             "obs_keys": setup.obs_keys,
-            "obs_dim": setup.obs_dim,
-            "action_dim": setup.action_dim,
+            "obs_dim": learner.obs_dim,  # the actor's
+            "action_dim": learner.action_dim,
         },
         "task": {"env_id": setup.env_id, "env_kwargs": setup.env_kwargs},
     }

@@ -85,7 +85,7 @@ class Learner(SavesTrainingState, nn.Module):
         super().__init__()
         validate_agent_config(cfg)
         self.cfg = cfg
-        self.action_dim = action_dim
+        self.obs_dim, self.action_dim = obs_dim, action_dim
         self.critic_action = critic_action
         if cfg.algo == "sac":
             self.actor: nn.Module = GaussianActor(

@@ -112,11 +112,16 @@ class SingleStepMDP(MDP):
 
 
 class FlatMDP(SingleStepMDP):
-    def __init__(self, envs, seeds, obs_keys: list[str] | None, obs_dim: int, action_dim: int):
+    """The env's own observations, flattened (``obs_keys`` of a dict space, in that order)."""
+
+    def __init__(self, envs, seeds, obs_keys: list[str] | None) -> None:
         super().__init__(envs, seeds)
         self.obs_keys = obs_keys
-        self.obs_dim = obs_dim
-        self.action_dim = self.critic_action_dim = action_dim
+        space = envs.single_observation_space
+        sample = space.sample()
+        batch = {k: v[None] for k, v in sample.items()} if obs_keys is not None else sample[None]
+        self.obs_dim = flatten_obs(batch, obs_keys).shape[1]
+        self.action_dim = self.critic_action_dim = int(np.prod(envs.single_action_space.shape))
 
     def _observe(self, obs, rows) -> Tensor:
         return flatten_obs(obs, self.obs_keys)[list(rows)]
