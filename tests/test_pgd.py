@@ -18,7 +18,7 @@ from robopolicy.rl.finetune import finetune
 from robopolicy.rl.offline import OfflineAgent, OfflineAgentConfig, load_offline_agent
 from robopolicy.rl.offline_train import train_offline
 from robopolicy.synth.config import OfflineConfig, SamplerConfig, SynthConfig
-from robopolicy.synth.dynamics import dynamics_error
+from robopolicy.synth.dynamics import dynamics_error, relabel_with_simulator
 from robopolicy.synth.edm import EDMConfig, heun_sample
 from robopolicy.synth.generate import generate
 from robopolicy.synth.guidance import PolicyGuide, action_log_likelihood, guidance_schedule
@@ -353,6 +353,21 @@ def test_dynamics_error_of_real_transitions_is_zero(medium) -> None:
     assert dynamics_error("Hopper-v5", {}, shuffled, limit=200)["next_state_mse"] > 0.01
 
 
+def test_relabelling_with_the_simulator_restores_true_transitions(medium) -> None:
+    real = {k: v[:100] for k, v in load_offline_data(medium).tensors().items()}
+    corrupted = {
+        **real,
+        "next_obs": real["next_obs"] + 1.0,
+        "rewards": -real["rewards"],
+        "terminals": torch.zeros_like(real["terminals"]),
+    }
+    fixed = relabel_with_simulator("Hopper-v5", {}, corrupted)
+    torch.testing.assert_close(fixed["next_obs"], real["next_obs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fixed["rewards"], real["rewards"], atol=1e-5, rtol=0)
+    assert torch.equal(fixed["terminals"], real["terminals"]) and real["terminals"].any()
+    assert fixed["obs"] is corrupted["obs"] and fixed["actions"] is corrupted["actions"]
+
+
 def test_trajectory_model_saves_loads_and_reports(synth_run) -> None:
     model, config = load_trajectory_model(synth_run)
     assert config["trajectory_model"]["obs_dim"] == 11
@@ -423,6 +438,11 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     bad.write_text(f"dataset: {medium}\nsynthetic:\n  guidance: 1.0\n")
     assert main(["offline", str(bad)]) == 2
     assert "needs synthetic.model" in capsys.readouterr().err
+    assert (
+        main(["offline", str(bad), "synthetic.guidance=0", "synthetic.relabel_with_simulator=true"])
+        == 2
+    )
+    assert "relabel_with_simulator needs synthetic.model" in capsys.readouterr().err
     assert main(["synth", "generate", str(synth_run), "guidance=1.0"]) == 2
     assert "needs a target policy" in capsys.readouterr().err
     cfg = tmp_path / "data.yaml"
@@ -433,7 +453,7 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
 def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     medium, synth_run, tmp_path
 ) -> None:
-    from robopolicy.bench.pgd import Config, Dataset, run
+    from robopolicy.bench.pgd import ARMS, Config, Dataset, run
 
     data_cfg = tmp_path / "data.yaml"
     data_cfg.write_text(f"source: unused\noutput: {medium}\n")
@@ -447,6 +467,7 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     results = run(
         Config(
             datasets=[dataset],
+            arms=list(ARMS),
             seeds=[0],
             check_trajectories=4,
             check_guidance=[0.5],
@@ -454,7 +475,13 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
         )
     )
     entry = results["datasets"]["tiny"]
-    assert sorted(entry["runs"]) == ["guided/seed0", "real/seed0", "unguided/seed0"]
+    assert sorted(entry["runs"]) == [
+        "guided/seed0",
+        "guided_oracle/seed0",
+        "real/seed0",
+        "unguided/seed0",
+        "unguided_oracle/seed0",
+    ]
     check = entry["synthetic_check"]
     assert {"unguided", "guided"} <= set(check)
     assert check["guided"]["target_log_likelihood"] > check["unguided"]["target_log_likelihood"]
@@ -480,6 +507,8 @@ def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) ->
     np.testing.assert_array_equal(data.terminals, data.rewards > 0)
     # Lift's state is not recoverable from its observation: no dynamics error, not a wrong one
     assert dynamics_error(data.env_id, data.env_kwargs, data.tensors()) is None
+    with pytest.raises(ValueError, match="cannot be rebuilt"):
+        relabel_with_simulator(data.env_id, data.env_kwargs, data.tensors())
     off = load_config(
         None,
         OfflineConfig,

@@ -7,6 +7,10 @@ final normalised return (references from the dataset: a random policy and the so
 final policy), and, for the guided arm's final agent as the target policy, synthetic data
 sampled unguided and guided side by side: the target's log-likelihood of the synthetic actions
 and the dynamics error (MuJoCo replay of each transition).
+
+Two diagnostic arms can be added (``arms``): ``unguided_oracle`` and ``guided_oracle`` keep the
+generated states and actions but take next state, reward and termination from the simulator,
+separating the model's dynamics error from what guidance does to the state-action distribution.
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
 from robopolicy.synth.model import load_trajectory_model
 from robopolicy.synth.offline_data import load_offline_data
 
-ARMS = ("real", "unguided", "guided")
+ARMS = ("real", "unguided", "guided", "unguided_oracle", "guided_oracle")
+DEFAULT_ARMS = ARMS[:3]
+ARM_STYLES = {
+    "real": ("tab:grey", "-"),
+    "unguided": ("tab:blue", "-"),
+    "guided": ("tab:red", "-"),
+    "unguided_oracle": ("tab:blue", "--"),
+    "guided_oracle": ("tab:red", "--"),
+}
 
 
 @dataclass
@@ -50,7 +62,7 @@ class Config:
     suite: str = "pgd"
     datasets: list[Dataset] = field(default_factory=list)
     only: list[str] = field(default_factory=list)  # dataset names (empty: all)
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     guidance: float = 3.0  # lambda of the guided arm
     steps: int | None = None  # agent steps (None: the offline config's)
@@ -138,8 +150,9 @@ def _one_run(cfg, ds, data_path, model, arm, seed, run_dir) -> dict[str, Any]:
     if arm == "real":
         overrides += ["synthetic.model=null", "synthetic.guidance=0"]
     else:
-        guidance = cfg.guidance if arm == "guided" else 0.0
+        guidance = cfg.guidance if arm.startswith("guided") else 0.0
         overrides += [f"synthetic.model={model}", f"synthetic.guidance={guidance}"]
+        overrides += [f"synthetic.relabel_with_simulator={arm.endswith('_oracle')}"]
     off_cfg = load_config(CONFIG_DIR / ds.offline_config, OfflineConfig, overrides + cfg.overrides)
     result = train_offline(off_cfg)
     final = result["final"]
@@ -180,19 +193,18 @@ def _compare_synthetic(
 
 def _plot(name: str, entry: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = dict(zip(ARMS, ("tab:grey", "tab:blue", "tab:red"), strict=True))
     for arm in ARMS:
         runs = [r for k, r in entry["runs"].items() if k.startswith(f"{arm}/")]
         if not runs:
             continue
         curves = [np.array(r["curve"], dtype=float) for r in runs]
+        color, style = ARM_STYLES[arm]
         for c in curves:
-            ax.plot(c[:, 0], c[:, 1], color=colors[arm], alpha=0.3, lw=1)
+            ax.plot(c[:, 0], c[:, 1], color=color, ls=style, alpha=0.3, lw=1)
         length = min(len(c) for c in curves)
         mean = np.mean([c[:length, 1] for c in curves], axis=0)
-        ax.plot(
-            curves[0][:length, 0], mean, color=colors[arm], lw=2.5, label=f"{arm} ({len(runs)})"
-        )
+        label = f"{arm} ({len(runs)})"
+        ax.plot(curves[0][:length, 0], mean, color=color, ls=style, lw=2.5, label=label)
     ax.set(xlabel="agent updates", ylabel="normalised return", title=name)
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -35,6 +35,7 @@ from robopolicy.rl.offline import OfflineAgent
 from robopolicy.runlog import RunLogger, make_run_dir
 from robopolicy.sim.evaluate import evaluate
 from robopolicy.synth.config import OfflineConfig, validate_offline_config
+from robopolicy.synth.dynamics import relabel_with_simulator, simulate
 from robopolicy.synth.generate import generate, mean_log_likelihood
 from robopolicy.synth.model import load_trajectory_model
 from robopolicy.synth.offline_data import OfflineData, load_offline_data, normalized_return
@@ -62,6 +63,14 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
                 f"{model.layout.obs_dim}/{model.layout.action_dim}, dataset {cfg.dataset} has "
                 f"{real.obs.shape[1]}/{real.actions.shape[1]}"
             )
+    if (
+        cfg.synthetic.relabel_with_simulator
+        and simulate(data.env_id, data.env_kwargs, data.obs[:1], data.actions[:1]) is None
+    ):
+        raise ValueError(
+            f"synthetic.relabel_with_simulator: {data.env_id}'s simulator state cannot be "
+            "rebuilt from its observations (gymnasium MuJoCo tasks only)"
+        )
     agent = OfflineAgent(
         cfg.agent,
         real.obs.shape[1],
@@ -126,6 +135,8 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
                     seed=cfg.seed * 1000 + step // cfg.synthetic.regenerate_every,
                 )
                 transitions = to_transitions(raw, model.layout)
+                if cfg.synthetic.relabel_with_simulator:
+                    transitions = relabel_with_simulator(data.env_id, data.env_kwargs, transitions)
                 synthetic = TransitionPool(transitions)
                 generation_seconds += time.perf_counter() - began
                 synth_stats = {

@@ -46,6 +46,9 @@ class SyntheticDataConfig:
     fraction: float = 240 / 256  # share of each batch from the synthetic pool (PGD: 240/256)
     trajectories: int = 1024  # per pool
     regenerate_every: int = 10_000  # agent steps (the first pool is unguided)
+    # diagnostic (oracle dynamics): keep the generated (s, a), take next state, reward and
+    # termination from the simulator (gymnasium MuJoCo tasks only)
+    relabel_with_simulator: bool = False
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
@@ -92,6 +95,8 @@ def validate_offline_config(cfg: OfflineConfig) -> None:
         raise ValueError("synthetic.model is set but synthetic.fraction is 0")
     if cfg.synthetic.guidance > 0 and not cfg.synthetic.model:
         raise ValueError("synthetic.guidance > 0 needs synthetic.model (a trajectory model run)")
+    if cfg.synthetic.relabel_with_simulator and not cfg.synthetic.model:
+        raise ValueError("synthetic.relabel_with_simulator needs synthetic.model")
     if cfg.synthetic.guidance < 0:
         raise ValueError(f"synthetic.guidance must be >= 0, got {cfg.synthetic.guidance}")
     if cfg.synthetic.regenerate_every < 1 or cfg.steps < 1:
