@@ -37,15 +37,15 @@ from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
 from robopolicy.synth.model import load_trajectory_model
 from robopolicy.synth.offline_data import load_offline_data
 
-ARMS = ("real", "unguided", "guided", "unguided_oracle", "guided_oracle")
-DEFAULT_ARMS = ARMS[:3]
-ARM_STYLES = {
+ARM_STYLES = {  # every arm, with its colour and line style in the plot
     "real": ("tab:grey", "-"),
     "unguided": ("tab:blue", "-"),
     "guided": ("tab:red", "-"),
     "unguided_oracle": ("tab:blue", "--"),
     "guided_oracle": ("tab:red", "--"),
 }
+ARMS = tuple(ARM_STYLES)
+DEFAULT_ARMS = ARMS[:3]
 
 
 @dataclass
