@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from robopolicy.nets import (
@@ -135,6 +136,23 @@ def test_resnet18_encoder_has_groupnorm_only_and_rejects_a_1x1_feature_map() -> 
     assert nn.GroupNorm in kinds
     with pytest.raises(ValueError, match="28x28"):
         ObservationEncoder({}, {"cam": (32, 32, 3)}, 1, image_encoder="resnet18", crop_size=28)
+
+
+def test_resnet18_encoder_round_trips_through_safetensors(tmp_path) -> None:
+    """Checkpoints are safetensors, which refuses tensors stored under two names."""
+
+    def build() -> ObservationEncoder:
+        return ObservationEncoder(
+            {}, {"cam": (40, 40, 3)}, 1, image_encoder="resnet18", crop_size=36
+        )
+
+    torch.manual_seed(0)
+    enc = build().eval()
+    save_file(enc.state_dict(), tmp_path / "enc.safetensors")
+    restored = build().eval()
+    restored.load_state_dict(load_file(tmp_path / "enc.safetensors"), strict=True)
+    obs = {"cam": images(size=40, steps=1)}
+    torch.testing.assert_close(restored(obs), enc(obs), rtol=0, atol=0)
 
 
 def test_cameras_have_own_or_shared_weights() -> None:

@@ -87,7 +87,10 @@ def resnet18_encoder(shape: tuple[int, int, int], feature_dim: int) -> nn.Module
             f"downsamples {RESNET_STRIDE}x and spatial softmax needs a feature map larger than "
             f"1x1), got {shape[1]}x{shape[2]}"
         )
-    return replace_batchnorm_with_groupnorm(core)
+    # VisualCore registers its trunk and pool twice (as ``backbone``/``pool`` and inside
+    # ``nets``), so its state dict names each tensor twice and safetensors refuses to save it.
+    # ``nets`` is the whole forward pass (trunk, pool, flatten, linear): keep only that.
+    return replace_batchnorm_with_groupnorm(core.nets)
 
 
 def conv_encoder(channels: int, feature_dim: int) -> nn.Sequential:
