@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 # Chooses MUJOCO_GL / PYOPENGL_PLATFORM before mujoco is imported anywhere.
-from robopolicy.sim.render import make_renderer  # isort: skip
+from robopolicy.sim.render import gl_renderer_name, make_renderer  # isort: skip
 
 import gymnasium as gym
 import mujoco
@@ -181,6 +181,12 @@ class MujocoTaskEnv(gym.Env):
             renderer = self._renderers[size] = make_renderer(self.model, size, size)
         renderer.update_scene(self.data, camera=camera)
         return renderer.render().copy()
+
+    def gl_renderer_name(self) -> str:
+        """Which OpenGL implementation draws this env's images (a GPU, or Mesa's llvmpipe)."""
+        if not self._renderers:
+            self.render_camera(self.cameras[0])
+        return gl_renderer_name(next(iter(self._renderers.values())))
 
     def get_state(self) -> np.ndarray:
         """The full physics state (time, qpos, qvel, act, mocap) as one flat vector."""

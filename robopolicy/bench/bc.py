@@ -44,6 +44,7 @@ class Config:
     eval_episodes: int = 50
     latency_repeats: int = 50
     speed_steps: int = 20  # training steps timed per backbone in the speed table
+    device: str = "cpu"  # speed table and chunk latency: cpu | cuda (training follows optim.device)
     out_root: str = "runs/bench"
 
 
@@ -51,7 +52,9 @@ def run(cfg: Config) -> dict[str, Any]:
     out = new_run_dir(cfg.out_root, "bc")
     results: dict[str, Any] = {"suite": "bc", "machine": machine_info(), "runs": {}}
     print("[bench bc] speed per backbone")
-    results["speed"] = backbone_speed(cfg.speed_steps, cfg.latency_repeats)
+    device = torch.device(cfg.device)
+    results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results["speed"] = backbone_speed(cfg.speed_steps, cfg.latency_repeats, device)
     runs = [r for r in cfg.runs if not cfg.only or r.name in cfg.only]
     for spec in runs:
         print(f"[bench bc] {spec.name}")
@@ -105,11 +108,11 @@ def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
         "n": summary["n_episodes"],
         "seeds": f"{summary['seeds'][0]}..{summary['seeds'][-1]}",
         "checkpoint": result["checkpoint"],
-        **_latency(result["checkpoint"], cfg.latency_repeats),
+        **_chunk_latency(load_policy(result["checkpoint"]).to(cfg.device), cfg.latency_repeats),
     }
 
 
-def backbone_speed(steps: int, repeats: int) -> dict[str, Any]:
+def backbone_speed(steps: int, repeats: int, device: torch.device) -> dict[str, Any]:
     """Training samples/s (batch 256) and chunk latency (batch 1) of every policy type and
     backbone at the shipped CPU sizes, on Lift's observation and action shapes. Speed does not
     depend on the weights, so no training to convergence is needed to measure it."""
@@ -129,10 +132,10 @@ def backbone_speed(steps: int, repeats: int) -> dict[str, Any]:
             torch.manual_seed(0)
             policy = make_policy(
                 PolicyConfig(type=policy_type, backbone=backbone), shapes, normalizer
-            )
+            ).to(device)
             batch = {
-                "obs": {k: torch.randn(256, 2, v[0]) for k, v in shapes.obs.items()},
-                "actions": torch.rand(256, 16, 4) * 2 - 1,
+                "obs": {k: torch.randn(256, 2, v[0], device=device) for k, v in shapes.obs.items()},
+                "actions": torch.rand(256, 16, 4, device=device) * 2 - 1,
             }
             optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
             policy.train()
@@ -143,6 +146,7 @@ def backbone_speed(steps: int, repeats: int) -> dict[str, Any]:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                _synchronize(device)
                 if i >= 2:
                     times.append(time.perf_counter() - start)
             out[f"{policy_type}-{backbone}"] = {
@@ -152,22 +156,28 @@ def backbone_speed(steps: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-def _latency(checkpoint: str, repeats: int) -> dict[str, Any]:
-    return _chunk_latency(load_policy(checkpoint), repeats)
+def _synchronize(device: torch.device) -> None:
+    """CUDA runs asynchronously: wait for the queued kernels before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _chunk_latency(policy, repeats: int) -> dict[str, Any]:
     """Time of one chunk (batch 1) on this machine, and its network evaluations."""
+    device = next(policy.parameters()).device
     obs = {}
     for key, shape in policy.shapes.obs.items():
         full = (1, policy.obs_horizon, *shape)
         obs[key] = (
-            torch.randint(0, 255, full, dtype=torch.uint8) if len(shape) == 3 else torch.zeros(full)
+            torch.randint(0, 255, full, dtype=torch.uint8, device=device)
+            if len(shape) == 3
+            else torch.zeros(full, device=device)
         )
     times = []
     for i in range(repeats + 3):
         start = time.perf_counter()
         policy.predict_chunk(obs)
+        _synchronize(device)
         if i >= 3:  # warm-up calls excluded
             times.append(1e3 * (time.perf_counter() - start))
     return {
@@ -249,7 +259,7 @@ def _report(results: dict[str, Any]) -> str:
             "",
             f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
             f"{m['git_commit']}; {m['date']}. Eval seeds start at 100000; latency is one chunk "
-            "at batch 1.",
+            f"at batch 1, speed and latency on {results.get('device', 'cpu')}.",
             "",
             markdown_table(headers, rows),
             "",

@@ -57,14 +57,14 @@ def run(cfg: Config) -> dict[str, Any]:
             "expert": _expert_success(task, cfg.num_envs),
             "collection": _collection_rate(task, cfg.num_envs, cfg.image_size),
             "throughput": _throughput(task.env_id, cfg.throughput_steps),
-            "render_fps": _render_rate(task.env_id, cfg.image_size, cfg.render_frames),
+            "render": render_rate(task.env_id, cfg.image_size, cfg.render_frames),
         }
     write_results(out, results, _report(results))
     _plot(results, out)
     print(f"[bench sim] wrote {out}/report.md")
     for env_id, r in results["tasks"].items():
         e, t = r["expert"]["noise_0"], r["throughput"]
-        fps = min(r["render_fps"].values())
+        fps = min(r["render"]["fps"].values())
         print(
             f"  {env_id}: expert {e['success_rate']:.0%} (n={e['n']}), "
             f"{t['env_steps_per_s']:.0f} steps/s = {t['share_of_physics_limit']:.0%} of physics "
@@ -143,7 +143,8 @@ def _throughput(env_id: str, steps: int) -> dict[str, Any]:
     }
 
 
-def _render_rate(env_id: str, size: int, frames: int) -> dict[str, float]:
+def render_rate(env_id: str, size: int, frames: int) -> dict[str, Any]:
+    """Frames/s per camera at ``size``, and which OpenGL implementation drew them."""
     env = make_env(env_id, obs_type="state").unwrapped
     env.reset(seed=0)
     rates = {}
@@ -153,8 +154,9 @@ def _render_rate(env_id: str, size: int, frames: int) -> dict[str, float]:
         for _ in range(frames):
             env.render_camera(cam, size)
         rates[cam] = frames / (time.perf_counter() - start)
+    results = {"fps": rates, "gl_renderer": env.gl_renderer_name()}
     env.close()
-    return rates
+    return results
 
 
 def _plot(results: dict[str, Any], out: Path) -> None:
@@ -228,7 +230,7 @@ def _report(results: dict[str, Any]) -> str:
     rows = []
     for env_id, r in results["tasks"].items():
         t = r["throughput"]
-        fps = ", ".join(f"{cam} {v:.0f}" for cam, v in r["render_fps"].items())
+        fps = ", ".join(f"{cam} {v:.0f}" for cam, v in r["render"]["fps"].items())
         rows.append(
             [
                 env_id,
@@ -237,11 +239,20 @@ def _report(results: dict[str, Any]) -> str:
                 f"{t['share_of_physics_limit']:.0%}",
                 t["substeps_per_env_step"],
                 fps,
+                r["render"]["gl_renderer"],
             ]
         )
     lines += [
         markdown_table(
-            ["task", "env steps/s", "physics limit", "share", "substeps", "render fps per camera"],
+            [
+                "task",
+                "env steps/s",
+                "physics limit",
+                "share",
+                "substeps",
+                "render fps per camera",
+                "GL renderer",
+            ],
             rows,
         ),
         "",

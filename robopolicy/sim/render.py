@@ -103,3 +103,12 @@ def make_renderer(model, height: int, width: int):
     atexit.unregister(_close_live_renderers)
     atexit.register(_close_live_renderers)
     return renderer
+
+
+def gl_renderer_name(renderer) -> str:
+    """The OpenGL renderer string of ``renderer``'s context, e.g. "NVIDIA H100 80GB HBM3/PCIe"
+    or "llvmpipe (LLVM 15.0.6, 256 bits)": says whether frames come from a GPU or from the CPU."""
+    from OpenGL import GL
+
+    renderer._gl_context.make_current()  # mujoco.Renderer keeps its context private
+    return GL.glGetString(GL.GL_RENDERER).decode()
