@@ -188,17 +188,33 @@ def test_residual_td3_improves_a_point_mass_in_a_few_hundred_steps(penalty) -> N
     assert after > before + 0.5 * abs(before)  # at least halves the accumulated cost
 
 
-def test_action_penalty_pulls_actions_to_zero_where_q_does_not_care() -> None:
-    torch.manual_seed(0)
-    cfg = AgentConfig(hidden_dim=32, critic_heads=2, actor_lr=1e-2, action_penalty=0.5)
-    learner = Learner(cfg, obs_dim=3, action_dim=2)
-    with torch.no_grad():  # Q ignores the action: only the penalty shapes the actor
-        learner.critic.net[0].weight[:, 3:, :] = 0
-    obs = torch.randn(256, 3)
-    before = learner.actor(obs).abs().mean().item()
-    for _ in range(100):
-        learner._update_actor(obs)
-    assert learner.actor(obs).abs().mean().item() < 0.1 * before
+@pytest.mark.parametrize("algo", ["td3", "sac"])
+def test_action_penalty_pulls_actions_to_zero_where_q_does_not_care(algo) -> None:
+    obs = torch.randn(256, 3, generator=torch.Generator().manual_seed(1))
+
+    def mean_action_size(penalty: float, updates: int) -> float:
+        torch.manual_seed(0)
+        cfg = AgentConfig(
+            algo=algo,
+            hidden_dim=32,
+            critic_heads=2,
+            actor_lr=1e-2,
+            action_penalty=penalty,
+            init_alpha=0.01,
+        )
+        learner = Learner(cfg, obs_dim=3, action_dim=2)
+        with torch.no_grad():  # Q ignores the action: only the actor's own terms shape it
+            learner.critic.net[0].weight[:, 3:, :] = 0
+        for _ in range(updates):
+            learner._update_actor(obs)
+        with torch.no_grad():
+            if algo == "sac":  # the mean action (SAC's entropy term alone also centres it)
+                return learner.actor(obs, deterministic=True)[0].abs().mean().item()
+            return learner.actor(obs).abs().mean().item()
+
+    before, penalised = mean_action_size(0.5, 0), mean_action_size(0.5, 100)
+    assert penalised < 0.1 * before
+    assert penalised < 0.5 * mean_action_size(0.0, 100)
 
 
 def test_sac_learns_the_same_point_mass() -> None:

@@ -28,8 +28,9 @@ class AgentConfig:
     target_noise_clip: float = 0.5
     action_scale: float = 1.0  # actor outputs lie in [-action_scale, action_scale]
     zero_init_actor: bool = False  # residual RL: start exactly at the base policy
-    # TD3: with > 0 the actor loss is -Q / mean|Q| + action_penalty * mean((a / scale)^2), so
-    # an action (a residual) moves off zero only where it buys a relative gain in Q
+    # With > 0 an action (a residual, or DSRL's noise) moves off zero only where it buys a
+    # relative gain in Q. TD3: actor loss -Q / mean|Q| + action_penalty * mean((a / scale)^2);
+    # SAC: alpha log pi - Q + action_penalty * mean|Q| * mean((a / scale)^2).
     action_penalty: float = 0.0
 
 

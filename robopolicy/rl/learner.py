@@ -181,7 +181,11 @@ class Learner(SavesTrainingState, nn.Module):
         cfg = self.cfg
         if cfg.algo == "sac":
             action, log_prob = self.actor(obs)
-            loss = (self.alpha * log_prob - self._sac_actor_q(obs, action)).mean()
+            q = self._sac_actor_q(obs, action)
+            loss = (self.alpha * log_prob - q).mean()
+            if cfg.action_penalty > 0:  # the same pull toward zero, in units of mean |Q|
+                penalty = ((action / cfg.action_scale) ** 2).mean()
+                loss = loss + cfg.action_penalty * q.abs().mean().detach() * penalty
             _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
             alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()
             self.alpha_optim.zero_grad(set_to_none=True)
