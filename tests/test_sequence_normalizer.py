@@ -5,6 +5,7 @@ invert exactly, survive safetensors and fail loudly, naming the key, when broken
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from robopolicy.data.hdf5 import Episode, make_env_args, write_dataset
 from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.prefetch import PrefetchedBatches
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
 
 
@@ -180,6 +182,37 @@ def test_resuming_with_another_batch_size_is_refused() -> None:
         other.load_state_dict(state)
     with pytest.raises(ValueError, match="fewer than batch_size=20"):
         RandomBatches(WINDOWS, 20, torch.Generator())
+
+
+@pytest.mark.parametrize("consumed", [0, 3, 7])
+def test_prefetched_batches_are_the_same_and_resume_from_what_was_taken(consumed) -> None:
+    expected = _ids(_batches(WINDOWS, 1), consumed + 8)
+    run = PrefetchedBatches(_batches(WINDOWS, 1), depth=3)
+    assert _ids(run, consumed) == expected[:consumed]
+    time.sleep(0.05)  # let the thread run ahead: the state must not follow it
+    state = run.state_dict()
+    run.close()
+    resumed = PrefetchedBatches(_batches(WINDOWS, 99))
+    resumed.load_state_dict(state)
+    assert _ids(resumed, 8) == expected[consumed:]
+    resumed.close()
+
+
+def test_prefetch_errors_reach_the_training_thread() -> None:
+    class Broken(RandomBatches):
+        def __next__(self):
+            raise OSError("disk gone")
+
+    run = PrefetchedBatches(Broken(WINDOWS, 6, torch.Generator()))
+    with pytest.raises(RuntimeError, match="prefetch thread failed") as info:
+        next(run)
+    assert isinstance(info.value.__cause__, OSError)
+    run.close()
+    started = PrefetchedBatches(_batches(WINDOWS, 1))
+    next(started)
+    with pytest.raises(RuntimeError, match="before the first batch"):
+        started.load_state_dict(started.state_dict())
+    started.close()
 
 
 # ---- normalizer -----------------------------------------------------------------------------

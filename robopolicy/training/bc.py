@@ -34,6 +34,7 @@ from robopolicy.checkpoint import (
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.data.hdf5 import dataset_info, read_env_args
 from robopolicy.data.normalizer import Normalizer
+from robopolicy.data.prefetch import PrefetchedBatches
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
 from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
@@ -98,7 +99,10 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     )
     torch.manual_seed(cfg.optim.seed + dist_info.rank)
     generator = torch.Generator().manual_seed(cfg.optim.seed + dist_info.rank)
-    batches = RandomBatches(windows, cfg.optim.batch_size, generator=generator)
+    batches = PrefetchedBatches(
+        RandomBatches(windows, cfg.optim.batch_size, generator=generator),
+        pin_memory=device.type == "cuda",
+    )
     step = 0
     if resume_from is not None:
         step = _restore(resume_from, policy, optimizer, lr_schedule, ema, batches)
@@ -144,42 +148,45 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     )
     batch_iter = iter(batches)
     last_metrics: dict[str, Any] = {}
-    while step < cfg.optim.steps:
-        timer.start()
-        batch = _to_device(next(batch_iter), device)
-        timer.data_ready()
-        loss = model(batch)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(
-                f"loss is {loss.item()} at step {step + 1}; stopped. Last good checkpoint: "
-                f"{last_good or 'none yet'} (left untouched). Try a lower optim.lr."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        if ema is not None:
-            ema.step(policy.parameters())
-        step += 1
-        timer.done(loss.item(), cfg.optim.batch_size)
-        bar.update(1)
-        if step % cfg.loop.log_every == 0 or step == cfg.optim.steps:
-            last_metrics = timer.summary() | {"lr": lr_schedule.get_last_lr()[0]}
-            logger.log(step, "train", last_metrics)
-            bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
-        if (
-            dist_info.is_main
-            and cfg.loop.eval_every
-            and step % cfg.loop.eval_every == 0
-            and step < cfg.optim.steps
-        ):
-            summary = run_eval(cfg.loop.eval_episodes, None)
-            logger.log(step, "eval", eval_metrics(summary))
-            policy.train()
-        if dist_info.is_main and (step % cfg.loop.save_every == 0 or step == cfg.optim.steps):
-            last_good = save(last_metrics)
+    try:
+        while step < cfg.optim.steps:
+            timer.start()
+            batch = _to_device(next(batch_iter), device)
+            timer.data_ready()
+            loss = model(batch)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss is {loss.item()} at step {step + 1}; stopped. Last good checkpoint: "
+                    f"{last_good or 'none yet'} (left untouched). Try a lower optim.lr."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            if ema is not None:
+                ema.step(policy.parameters())
+            step += 1
+            timer.done(loss.item(), cfg.optim.batch_size)
+            bar.update(1)
+            if step % cfg.loop.log_every == 0 or step == cfg.optim.steps:
+                last_metrics = timer.summary() | {"lr": lr_schedule.get_last_lr()[0]}
+                logger.log(step, "train", last_metrics)
+                bar.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+            if (
+                dist_info.is_main
+                and cfg.loop.eval_every
+                and step % cfg.loop.eval_every == 0
+                and step < cfg.optim.steps
+            ):
+                summary = run_eval(cfg.loop.eval_episodes, None)
+                logger.log(step, "eval", eval_metrics(summary))
+                policy.train()
+            if dist_info.is_main and (step % cfg.loop.save_every == 0 or step == cfg.optim.steps):
+                last_good = save(last_metrics)
+    finally:
+        batches.close()  # stop the prefetch thread, also when training stops on an error
     bar.close()
     if dist_info.enabled:
         logger.log(
