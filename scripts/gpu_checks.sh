@@ -10,6 +10,7 @@ export MUJOCO_GL=egl PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15 | tee "$out/pytest_gpu.txt"
+tests_rc=${PIPESTATUS[0]}
 $py - "$out" <<'PY'
 import json, sys
 import torch
@@ -28,3 +29,6 @@ print(json.dumps(speed, indent=1))
 with open(f"{out}/gpu_checks.json", "w") as f:
     json.dump({"gpu": torch.cuda.get_device_name(device), "render": render, "speed": speed}, f, indent=1)
 PY
+checks_rc=$?
+echo "gpu tests exit $tests_rc, measurements exit $checks_rc; results in $out"
+exit $(( tests_rc != 0 ? tests_rc : checks_rc ))

@@ -204,10 +204,13 @@ def test_prefetch_errors_reach_the_training_thread() -> None:
             raise OSError("disk gone")
 
     run = PrefetchedBatches(Broken(WINDOWS, 6, torch.Generator()))
-    with pytest.raises(RuntimeError, match="prefetch thread failed") as info:
-        next(run)
-    assert isinstance(info.value.__cause__, OSError)
+    for _ in range(2):  # and again: the failure is kept, not waited on
+        with pytest.raises(RuntimeError, match="prefetch thread failed") as info:
+            next(run)
+        assert isinstance(info.value.__cause__, OSError)
     run.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(run)
     started = PrefetchedBatches(_batches(WINDOWS, 1))
     next(started)
     with pytest.raises(RuntimeError, match="before the first batch"):

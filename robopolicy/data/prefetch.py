@@ -2,7 +2,8 @@
 
 On a CPU the in-memory gather is ~1% of a training step; on a GPU the step is so short that
 gathering in the training thread left the GPU idle for a quarter of the time (docs/BENCHMARKS.md,
-the conv image recipe on an H100). A thread is enough: the gather is ``index_select`` copies,
+the conv image recipe on an H100), so ``train_bc`` prefetches when it trains on CUDA. A thread is
+enough: the gather is ``index_select`` copies,
 which release the GIL. With ``pin_memory`` the batch is pinned on the thread too, so the
 host-to-device copy can run asynchronously.
 
@@ -34,16 +35,22 @@ class PrefetchedBatches:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # the thread's failure, raised on every next()
 
     def __iter__(self) -> PrefetchedBatches:
         return self
 
     def __next__(self) -> Batch:
+        if self._stop.is_set():
+            raise RuntimeError("these prefetched batches were closed")
+        if self._error is not None:
+            raise RuntimeError("the batch prefetch thread failed") from self._error
         if self._thread is None:
             self._thread = threading.Thread(target=self._produce, name="batches", daemon=True)
             self._thread.start()
         item = self._queue.get()
         if isinstance(item, BaseException):
+            self._error = item
             raise RuntimeError("the batch prefetch thread failed") from item
         batch, self._consumed_state = item
         return batch
@@ -59,13 +66,16 @@ class PrefetchedBatches:
         self._consumed_state = self.source.state_dict()
 
     def close(self) -> None:
-        """Stop the thread (it may be blocked on a full queue: drain one slot to wake it)."""
+        """Stop the thread (it may be blocked on a full queue: draining wakes it) and drop the
+        batches it queued."""
         self._stop.set()
         if self._thread is not None:
             while self._thread.is_alive():
                 with contextlib.suppress(queue.Empty):
                     self._queue.get(timeout=0.1)
             self._thread = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     def _produce(self) -> None:
         try:

@@ -174,6 +174,9 @@ class RandomBatches:
         self._position += len(indices)
         return self.windows.get_batch(indices)
 
+    def close(self) -> None:
+        """Nothing to release (``PrefetchedBatches`` has a thread to stop)."""
+
     def state_dict(self) -> dict[str, Any]:
         """``generator_state`` (uint8 tensor), ``position`` (windows of the current epoch already
         served), and ``num_windows`` / ``batch_size`` so a resume on other data is refused."""

@@ -30,7 +30,7 @@ class AgentConfig:
     zero_init_actor: bool = False  # residual RL: start exactly at the base policy
     # With > 0 an action (a residual, or DSRL's noise) moves off zero only where it buys a
     # relative gain in Q. TD3: actor loss -Q / mean|Q| + action_penalty * mean((a / scale)^2);
-    # SAC: alpha log pi - Q + action_penalty * mean|Q| * mean((a / scale)^2).
+    # SAC: alpha log pi - Q + action_penalty * mean|Q| * mean((mean action / scale)^2).
     action_penalty: float = 0.0
 
 

@@ -184,7 +184,10 @@ class Learner(SavesTrainingState, nn.Module):
             q = self._sac_actor_q(obs, action)
             loss = (self.alpha * log_prob - q).mean()
             if cfg.action_penalty > 0:  # the same pull toward zero, in units of mean |Q|
-                penalty = ((action / cfg.action_scale) ** 2).mean()
+                # on the mean action: penalising samples would also shrink the spread that the
+                # entropy target asks for
+                mean_action = self.actor(obs, deterministic=True)[0]
+                penalty = ((mean_action / cfg.action_scale) ** 2).mean()
                 loss = loss + cfg.action_penalty * q.abs().mean().detach() * penalty
             _step(self.actor_optim, loss, self.actor, cfg.grad_clip)
             alpha_loss = -(self.log_alpha.exp() * (log_prob.detach() + self.target_entropy)).mean()

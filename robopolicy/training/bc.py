@@ -99,13 +99,19 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     )
     torch.manual_seed(cfg.optim.seed + dist_info.rank)
     generator = torch.Generator().manual_seed(cfg.optim.seed + dist_info.rank)
-    batches = PrefetchedBatches(
-        RandomBatches(windows, cfg.optim.batch_size, generator=generator),
-        pin_memory=device.type == "cuda",
+    batches: RandomBatches | PrefetchedBatches = RandomBatches(
+        windows, cfg.optim.batch_size, generator=generator
     )
+    if device.type == "cuda":  # on a CPU the gather is ~1% of a step: a thread would only compete
+        batches = PrefetchedBatches(batches, pin_memory=True)
     step = 0
     if resume_from is not None:
         step = _restore(resume_from, policy, optimizer, lr_schedule, ema, batches)
+        if dist_info.rank > 0:
+            # The checkpoint holds rank 0's batch order and random state only: the other ranks
+            # continue on streams of their own (seeded by rank and step), so they do not
+            # duplicate rank 0's batches. Exact resume is rank 0's (and a single process's).
+            _reseed_rank(cfg.optim.seed, dist_info.rank, step, batches)
     model = DistributedDataParallel(policy) if dist_info.enabled else policy
     eval_policy = copy.deepcopy(policy).eval()
 
@@ -332,6 +338,14 @@ def _restore(checkpoint: Path, policy, optimizer, lr_schedule, ema, batches) -> 
     )
     train_state.load_rng_state(state["rng"])
     return int(state["step"])
+
+
+def _reseed_rank(seed: int, rank: int, step: int, batches) -> None:
+    stream = seed + rank + 1_000_003 * step
+    torch.manual_seed(stream)
+    generator = torch.Generator().manual_seed(stream)
+    state = batches.state_dict()
+    batches.load_state_dict({**state, "generator_state": generator.get_state(), "position": 0})
 
 
 def _json_safe(value: Any) -> Any:

@@ -38,6 +38,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
     )
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # else every rank would open a context (and seed RNG) on GPU 0
+        torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return info
