@@ -253,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="CONFIG_OR_MODEL", help="train: a config; else a model run")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_synth)
+    from robopolicy.bench import SUITES
+
     p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
-    p.add_argument("suite", help="suite name: sim, bc, rti, deploy, residual, dsrl, pgd")
+    p.add_argument("suite", help=f"suite name: {', '.join(SUITES)}")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -14,6 +14,7 @@ SUITES = {
     "sim": "robopolicy.bench.sim",
     "bc": "robopolicy.bench.bc",
     "rti": "robopolicy.bench.rti",
+    "rti_flow": "robopolicy.bench.rti",  # the same comparison on flow-matching checkpoints
     "deploy": "robopolicy.bench.deploy",
     "residual": "robopolicy.bench.rl",
     "dsrl": "robopolicy.bench.rl",
