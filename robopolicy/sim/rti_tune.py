@@ -58,7 +58,7 @@ def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
     chosen = holding[0] if holding else None
     result = {
         "checkpoint": str(path),
-        "sampler": cfg.sampler,
+        "sampler": cfg.sampler if policy.cfg.type == "diffusion" else None,  # flow: Euler
         "num_inference_steps": steps,
         "tolerance": cfg.tolerance,
         "chosen_start_step": chosen,
@@ -82,10 +82,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if k is None:
         lines.append("no K' holds the reference's success within the tolerance")
     else:
+        sampler = f"execution.sampler={result['sampler']} " if result["sampler"] else ""
         lines.append(
             f"chosen K' = {k}: robopolicy eval {result['checkpoint']} execution.mode=rti "
-            f"execution.sampler={result['sampler']} "
-            f"execution.num_inference_steps={result['num_inference_steps']} "
+            f"{sampler}execution.num_inference_steps={result['num_inference_steps']} "
             f"execution.rti_start_step={k}"
         )
     lines.append(f"wrote {result['out']}")
