@@ -16,6 +16,7 @@ import json, sys
 import torch
 from robopolicy.bench.bc import backbone_speed
 from robopolicy.bench.sim import render_rate
+from robopolicy.files import atomic_write_json
 
 out = sys.argv[1]
 render = {
@@ -26,8 +27,10 @@ print(json.dumps(render, indent=1))
 device = torch.device("cuda")
 speed = backbone_speed(20, 50, device)
 print(json.dumps(speed, indent=1))
-with open(f"{out}/gpu_checks.json", "w") as f:
-    json.dump({"gpu": torch.cuda.get_device_name(device), "render": render, "speed": speed}, f, indent=1)
+atomic_write_json(
+    f"{out}/gpu_checks.json",
+    {"gpu": torch.cuda.get_device_name(device), "render": render, "speed": speed},
+)
 PY
 checks_rc=$?
 echo "gpu tests exit $tests_rc, measurements exit $checks_rc; results in $out"

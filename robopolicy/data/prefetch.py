@@ -2,10 +2,9 @@
 
 On a CPU the in-memory gather is ~1% of a training step; on a GPU the step is so short that
 gathering in the training thread left the GPU idle for a quarter of the time (docs/BENCHMARKS.md,
-the conv image recipe on an H100), so ``train_bc`` prefetches when it trains on CUDA. A thread is
-enough: the gather is ``index_select`` copies,
-which release the GIL. With ``pin_memory`` the batch is pinned on the thread too, so the
-host-to-device copy can run asynchronously.
+the conv image recipe on an H100), so ``train_bc`` prefetches when it trains on CUDA. A thread
+is enough: the gather is ``index_select`` copies, which release the GIL. With ``pin_memory``
+the batch is pinned on the thread too, so the host-to-device copy can run asynchronously.
 
 Exact resume is kept: each batch travels with the source's state *after* it was drawn, and
 ``state_dict`` returns the state of the last batch the training loop took, not of the batches
@@ -29,7 +28,6 @@ class PrefetchedBatches:
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self.source = source
-        self.depth = depth
         self.pin_memory = pin_memory
         self._consumed_state = source.state_dict()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
