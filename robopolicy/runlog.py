@@ -54,5 +54,12 @@ def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Pa
     if resume_from is not None:
         return resume_from.parent.parent
     path = Path(run_dir or Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
+    earlier = sorted((path / "checkpoints").glob("[0-9]*"))
+    if earlier:
+        # A fresh run would overwrite them step by step: refuse rather than lose that run.
+        raise FileExistsError(
+            f"run_dir {path} already holds checkpoints of another run (newest: "
+            f"{earlier[-1].name}); continue it with resume={path}, or choose a new run_dir"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path

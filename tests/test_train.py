@@ -75,6 +75,9 @@ def test_resume_is_exact(lift_demos, tmp_path, monkeypatch) -> None:
         train_bc(_config(lift_demos, part, "optim.steps=16", "loop.save_every=8"))
     monkeypatch.setattr(bc, "save_checkpoint", save)
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["0000008", "last"]
+    # Starting afresh in that folder would overwrite its checkpoints: refused, pointing at resume.
+    with pytest.raises(FileExistsError, match="0000008.*resume="):
+        train_bc(_config(lift_demos, part, "optim.steps=16", "loop.save_every=8"))
     train_bc(_config(lift_demos, part, "optim.steps=16", "loop.save_every=8", f"resume={part}"))
     for name in ("training_state/model.safetensors", "model.safetensors"):
         a = load_file(full / "checkpoints/0000016" / name)
