@@ -67,6 +67,28 @@ def test_zero_init_residual_reproduces_the_base_exactly(tiny_run) -> None:
         assert torch.allclose(executed, expected, atol=1e-5)
 
 
+def test_gripper_gain_lets_the_residual_flip_open_close(tiny_run) -> None:
+    """Without a gain no residual changes the base's +-1 gripper command; with one, the critic
+    sees a continuous gripper value and a residual past scale / gain flips what the env gets."""
+    policy = load_policy(tiny_run)
+    obs = {k: np.zeros((1, *s), np.float32) for k, s in policy.shapes.obs.items()}
+    scale, dim = 0.2, GRIPPER[0]
+    kept = ResidualBase(policy, 1, GRIPPER)
+    gained = ResidualBase(policy, 1, GRIPPER, gripper_gain=1.25, action_scale=scale)
+    actor_obs = kept.step(obs)
+    gained.step(obs)
+    base_grip = float(kept.base_action(actor_obs)[0, dim])
+    assert base_grip in (-1.0, 1.0)
+    for fraction, flips in ((0.0, False), (0.5, False), (1.0, True)):
+        residual = torch.zeros(1, policy.action_dim)
+        residual[0, dim] = -base_grip * fraction * scale  # push toward the other command
+        unchanged = kept.env_action(kept.executed_action(actor_obs, residual))
+        assert unchanged[0, dim] == base_grip
+        critic = gained.executed_action(actor_obs, residual)
+        assert critic[0, dim] == pytest.approx(base_grip * (1 - 1.25 * fraction))
+        assert gained.env_action(critic)[0, dim] == (-base_grip if flips else base_grip)
+
+
 def test_base_queue_resets_per_episode(tiny_run) -> None:
     base = ResidualBase(load_policy(tiny_run), num_envs=2, discrete_dims=GRIPPER)
     obs = {k: np.zeros((2, *s), np.float32) for k, s in base.policy.shapes.obs.items()}

@@ -24,21 +24,29 @@ def flatten_obs(obs, keys: list[str] | None) -> Tensor:
 
 
 class ResidualAgent:
-    def __init__(self, policy, actor: torch.nn.Module, name: str = "residual") -> None:
+    def __init__(
+        self,
+        policy,
+        actor: torch.nn.Module,
+        name: str = "residual",
+        gripper_gain: float = 0.0,
+        action_scale: float = 1.0,
+    ) -> None:
         self.policy = policy
         self.actor = actor.eval()
         self.name = name
+        self.gripper = (gripper_gain, action_scale)  # see ResidualBase
         self.base: ResidualBase | None = None
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:
         self.setup(envs.num_envs, envs.get_attr("discrete_action_dims")[0])
 
     def setup(self, num_envs: int, discrete_dims) -> None:
-        self.base = ResidualBase(self.policy, num_envs, discrete_dims)
+        self.base = ResidualBase(self.policy, num_envs, discrete_dims, *self.gripper)
 
     def session(self) -> ResidualAgent:
         """A new agent with its own episode state, sharing the (frozen) networks."""
-        return ResidualAgent(self.policy, self.actor, self.name)
+        return ResidualAgent(self.policy, self.actor, self.name, *self.gripper)
 
     def reset(self, env_mask: np.ndarray) -> None:
         self.base.reset(env_mask)
@@ -46,7 +54,8 @@ class ResidualAgent:
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         actor_obs = self.base.step(obs)
-        return self.base.executed_action(actor_obs, self.actor(actor_obs)).numpy()
+        executed = self.base.executed_action(actor_obs, self.actor(actor_obs))
+        return self.base.env_action(executed).numpy()
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -127,4 +136,5 @@ def load_rl_agent(path, config: dict):
             f"{path}: the residual actor takes {rl['obs_dim']} inputs but its base {rl['base']} "
             f"gives {expected}"
         )
-    return ResidualAgent(policy, actor, name=f"residual({agent_cfg.algo})")
+    gain = config["finetune"].get("residual_gripper_gain", 0.0)
+    return ResidualAgent(policy, actor, f"residual({agent_cfg.algo})", gain, agent_cfg.action_scale)

@@ -23,6 +23,9 @@ class FinetuneConfig:
     obs_keys: list[str] | None = None  # scratch on a dict-observation env: keys to use
     demos: str | None = None  # residual: demo dataset (default: the base's training data)
     demo_fraction: float = 0.5  # residual: share of each batch drawn from demonstrations
+    # residual: > 0 lets the residual open or close the gripper (its open/close dims get
+    # a_base + gain * r / action_scale, executed as the sign); 0 keeps the base's command
+    residual_gripper_gain: float = 0.0
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
@@ -56,6 +59,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual)")
     if cfg.method == "scratch" and not cfg.env_id:
         raise ValueError("method scratch needs env_id=...")
+    if cfg.residual_gripper_gain < 0:
+        raise ValueError(f"residual_gripper_gain must be >= 0, got {cfg.residual_gripper_gain}")
     if not 0 <= cfg.demo_fraction < 1:
         raise ValueError(f"demo_fraction must be in [0, 1), got {cfg.demo_fraction}")
     for name in ("env_steps", "num_envs", "buffer_capacity"):

@@ -257,7 +257,13 @@ def _setup(cfg: FinetuneConfig) -> Setup:
 def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     seeds = seed_stream(0)  # replaced once the episode count is known (resume)
     if cfg.method == "residual":
-        base = ResidualBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        base = ResidualBase(
+            setup.policy,
+            cfg.num_envs,
+            setup.discrete_dims,
+            cfg.residual_gripper_gain,
+            cfg.agent.action_scale,
+        )
         return ResidualMDP(envs, seeds, base)
     if cfg.method.startswith("dsrl"):
         base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims)
@@ -293,7 +299,13 @@ def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor
 def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner):
     actor = copy.deepcopy(learner.actor).eval()
     if cfg.method == "residual":
-        return ResidualAgent(setup.policy, actor, name=f"residual({cfg.agent.algo})")
+        return ResidualAgent(
+            setup.policy,
+            actor,
+            f"residual({cfg.agent.algo})",
+            cfg.residual_gripper_gain,
+            cfg.agent.action_scale,
+        )
     if cfg.method.startswith("dsrl"):
         return NoiseAgent(setup.policy, actor, name=cfg.method)
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)

@@ -55,6 +55,10 @@ class MDP:
     def critic_action(self, state: Tensor, action: Tensor) -> Tensor:
         return action
 
+    def env_action(self, critic_action: Tensor) -> Tensor:
+        """What the env receives for the critic's action (the same, unless overridden)."""
+        return critic_action
+
     def reset(self) -> Tensor:
         obs, _ = self.envs.reset(seed=[next(self.seeds) for _ in range(self.num_envs)])
         self.episodes += self.num_envs
@@ -94,7 +98,7 @@ class SingleStepMDP(MDP):
 
     def step(self, action: Tensor) -> Step:
         executed = self.critic_action(self._state, action)
-        obs, reward, terminated, truncated, info = self.envs.step(executed.numpy())
+        obs, reward, terminated, truncated, info = self.envs.step(self.env_action(executed).numpy())
         next_state = self._observe(obs, range(self.num_envs))
         ended = terminated | truncated
         start = self._restart(ended, next_state)
@@ -136,6 +140,9 @@ class ResidualMDP(SingleStepMDP):
 
     def critic_action(self, state: Tensor, action: Tensor) -> Tensor:
         return self.base.executed_action(state, action)
+
+    def env_action(self, critic_action: Tensor) -> Tensor:
+        return self.base.env_action(critic_action)
 
     def _start_episodes(self, mask: np.ndarray) -> None:
         self.base.reset(mask)

@@ -8,6 +8,9 @@ At every control step of every sub-env::
     residual     r = scale * tanh(mu(s)) (+ exploration noise), last layer zero-initialised
     executed     a = clip(a_base + r, -1, 1)          <- what the env and the critic see
                  (open/close dims thresholded to +-1, so the gripper command stays the base's)
+    gripper      with gripper_gain g > 0, the open/close dims get a_base + g * r / scale
+                 instead: the critic sees that value, the env its sign, so the residual can
+                 open or close the gripper where the base would not (|r| > scale / g flips it)
 
 The base is never trained; its encoder is the actor's and critic's feature extractor (images
 included), so no second encoder learns. Demonstrations enter the replay with the base action
@@ -35,9 +38,18 @@ class ResidualBase:
     One chunk executor per sub-env, so any subset of episodes can start, step or end on its own.
     """
 
-    def __init__(self, policy, num_envs: int, discrete_dims: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        policy,
+        num_envs: int,
+        discrete_dims: Sequence[int] = (),
+        gripper_gain: float = 0.0,
+        action_scale: float = 1.0,
+    ) -> None:
         self.policy = policy.eval().requires_grad_(False)
         self.discrete_dims = tuple(discrete_dims)
+        # Residual units -> open/close command units (0: the base keeps the gripper).
+        self.discrete_gain = gripper_gain / action_scale
         self.executors = [ChunkExecutor(policy, 1, self.discrete_dims) for _ in range(num_envs)]
         self.action_dim = policy.action_dim
         self.feature_dim = policy.obs_encoder.out_dim
@@ -67,13 +79,26 @@ class ResidualBase:
         return actor_obs[..., -self.action_dim :]
 
     def executed_action(self, actor_obs: Tensor, residual: Tensor) -> Tensor:
-        """clip(a_base + r, -1, 1), open/close dims thresholded to +-1: the critic's action.
+        """clip(a_base + r, -1, 1): the critic's action; ``env_action`` of it is executed.
 
         The env reads the gripper dimension as a finger position, so an unthresholded residual
-        would hold the cube with a slightly open hand; a correction of |r| < 1 never flips a
-        thresholded command, so the gripper stays the base's.
+        would hold the cube with a slightly open hand. Without a gripper gain the open/close
+        dims are thresholded here (a correction of |r| < 1 never flips a +-1 command, so the
+        gripper stays the base's); with one they stay continuous, a_base + gain * r / scale,
+        so that the critic's gradient can reach the decision to open or close.
         """
-        executed = (self.base_action(actor_obs) + residual).clamp(-1.0, 1.0)
+        base = self.base_action(actor_obs)
+        executed = base + residual
+        if not self.discrete_dims:
+            return executed.clamp(-1.0, 1.0)
+        dims = list(self.discrete_dims)
+        if self.discrete_gain == 0:
+            return threshold_discrete(executed.clamp(-1.0, 1.0), dims)
+        executed[..., dims] = base[..., dims] + self.discrete_gain * residual[..., dims]
+        return executed.clamp(-1.0, 1.0)
+
+    def env_action(self, executed: Tensor) -> Tensor:
+        """What the env receives for the critic's action: open/close dims as +-1."""
         return threshold_discrete(executed, self.discrete_dims)
 
 
