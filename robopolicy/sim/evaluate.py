@@ -131,34 +131,41 @@ class EvalConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
 
+def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
+    """The rollout agent of any checkpoint: an RL actor with its frozen base, an offline agent,
+    or a BC policy run with ``execution`` (an ``ExecutionConfig`` or its dict)."""
+    if "rl" in config:  # robopolicy finetune: the actor (plus its frozen base)
+        from robopolicy.rl.actors import load_rl_agent
+
+        return load_rl_agent(path, config)
+    if "offline_agent" in config:  # robopolicy offline: TD3+BC or IQL
+        from robopolicy.rl.actors import FlatObsAgent
+        from robopolicy.rl.offline import load_offline_agent
+
+        obs_keys = config["offline_agent"].get("obs_keys")
+        return FlatObsAgent(load_offline_agent(path, config), obs_keys, name="offline")
+    from robopolicy.checkpoint import load_policy
+
+    policy = load_policy(path, device=device)
+    execution = ExecutionConfig(**to_dict(execution))
+    return PolicyAgent(
+        policy,
+        name=f"{policy.cfg.type}-{policy.cfg.backbone} {describe(execution, policy)}",
+        execution=execution,
+    )
+
+
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     env_id, env_kwargs, out_dir = cfg.env_id, cfg.env_kwargs, cfg.out_dir
     if cfg.checkpoint is not None:
-        from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
+        from robopolicy.checkpoint import read_config, read_meta, resolve_checkpoint
 
         path = resolve_checkpoint(cfg.checkpoint)
         config = read_config(path)
         task = config.get("task", {})
         env_id = env_id or task.get("env_id")
         env_kwargs = env_kwargs if env_kwargs is not None else task.get("env_kwargs")
-        if "rl" in config:  # robopolicy finetune: the actor (plus its frozen base)
-            from robopolicy.rl.actors import load_rl_agent
-
-            agent = load_rl_agent(path, config)
-        elif "offline_agent" in config:  # robopolicy offline: TD3+BC or IQL
-            from robopolicy.rl.actors import FlatObsAgent
-            from robopolicy.rl.offline import load_offline_agent
-
-            obs_keys = config["offline_agent"].get("obs_keys")
-            agent = FlatObsAgent(load_offline_agent(path, config), obs_keys, name="offline")
-        else:
-            policy = load_policy(path, device=cfg.device)
-            execution = ExecutionConfig(**to_dict(cfg.execution))
-            agent = PolicyAgent(
-                policy,
-                name=f"{policy.cfg.type}-{policy.cfg.backbone} {describe(execution, policy)}",
-                execution=execution,
-            )
+        agent = checkpoint_agent(path, config, cfg.device, cfg.execution)
         out_dir = out_dir or str(path.parent.parent / f"eval-{read_meta(path)['step']:07d}")
     elif cfg.agent == "expert":
         agent = ExpertAgent(cfg.noise)
