@@ -256,8 +256,32 @@ def test_learner_state_round_trips_through_a_checkpoint(tmp_path) -> None:
         assert torch.equal(p, q), name
 
 
+def test_correlated_exploration_keeps_its_std_and_survives_a_checkpoint(tmp_path) -> None:
+    """AR(1) noise: lag-1 correlation rho, the same stationary std, restored on resume."""
+    cfg = AgentConfig(hidden_dim=8, explore_std=0.1, action_scale=100.0, explore_correlation=0.9)
+    learner = Learner(cfg, 3, 2)
+    obs = torch.zeros(500, 3)
+    mean = learner.act(obs, explore=False)
+    draws = torch.stack([(learner.act(obs, explore=True) - mean) / 10.0 for _ in range(40)])
+    lag1 = (draws[1:] * draws[:-1]).mean() / draws[:-1].pow(2).mean()
+    assert abs(float(lag1) - 0.9) < 0.03 and abs(float(draws[-1].std()) - 1.0) < 0.1
+    independent = Learner(AgentConfig(hidden_dim=8, explore_std=0.1, action_scale=100.0), 3, 2)
+    base = independent.act(obs, explore=False)
+    steps = torch.stack([independent.act(obs, explore=True) - base for _ in range(2)])
+    assert abs(float((steps[0] * steps[1]).mean() / steps[0].pow(2).mean())) < 0.1
+    save_checkpoint(tmp_path / "c", {}, {}, step=1, training_state=learner.training_state())
+    resumed = Learner(cfg, 3, 2)
+    resumed.load_training_state(load_training_state(tmp_path / "c"))
+    torch.manual_seed(7)
+    expected = learner.act(obs, explore=True)
+    torch.manual_seed(7)
+    assert torch.equal(resumed.act(obs, explore=True), expected)
+
+
 def test_bad_agent_settings_are_named() -> None:
     with pytest.raises(ValueError, match="target_subset"):
         Learner(AgentConfig(critic_heads=2, target_subset=3), 3, 2)
     with pytest.raises(ValueError, match="algo"):
         Learner(AgentConfig(algo="ppo"), 3, 2)
+    with pytest.raises(ValueError, match="explore_correlation"):
+        Learner(AgentConfig(explore_correlation=1.0), 3, 2)

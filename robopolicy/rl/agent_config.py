@@ -24,6 +24,11 @@ class AgentConfig:
     grad_clip: float = 1.0  # 0: off
     actor_delay: int = 2  # TD3: one actor update per this many critic updates
     explore_std: float = 0.1  # TD3: Gaussian exploration noise (actor output units)
+    # TD3: AR(1) coefficient of that noise from one step to the next, per sub-env (0:
+    # independent draws). The stationary std stays explore_std; correlated noise explores
+    # actions that must hold one sign for several steps (opening a gripper), which
+    # independent draws almost never do.
+    explore_correlation: float = 0.0
     target_noise: float = 0.2  # TD3: target-policy smoothing std
     target_noise_clip: float = 0.5
     action_scale: float = 1.0  # actor outputs lie in [-action_scale, action_scale]
@@ -51,5 +56,9 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(f"agent.gamma and agent.tau must be in (0, 1], got {cfg.gamma}, {cfg.tau}")
     if cfg.action_penalty < 0:
         raise ValueError(f"agent.action_penalty must be >= 0, got {cfg.action_penalty}")
+    if not 0 <= cfg.explore_correlation < 1:
+        raise ValueError(
+            f"agent.explore_correlation must be in [0, 1), got {cfg.explore_correlation}"
+        )
     if cfg.action_scale <= 0:
         raise ValueError(f"agent.action_scale must be > 0, got {cfg.action_scale}")

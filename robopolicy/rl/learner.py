@@ -112,6 +112,7 @@ class Learner(SavesTrainingState, nn.Module):
             cfg.hidden_dim,
             cfg.num_layers,
         )
+        self.explore_noise: Tensor | None = None  # TD3's last exploration noise, per sub-env
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
@@ -130,10 +131,25 @@ class Learner(SavesTrainingState, nn.Module):
             return self.actor(obs, deterministic=not explore)[0]
         action = self.actor(obs)
         if explore:
-            action = action + self.cfg.explore_std * self.cfg.action_scale * torch.randn_like(
-                action
-            )
+            noise = torch.randn_like(action)
+            rho = self.cfg.explore_correlation
+            previous = self.explore_noise
+            if rho > 0 and previous is not None and previous.shape == noise.shape:
+                noise = rho * previous + math.sqrt(1 - rho**2) * noise
+            self.explore_noise = noise
+            action = action + self.cfg.explore_std * self.cfg.action_scale * noise
         return action.clamp(-self.cfg.action_scale, self.cfg.action_scale)
+
+    def training_state(self) -> dict:
+        state = super().training_state()
+        if self.explore_noise is not None:
+            state["explore_noise"] = {"noise": self.explore_noise}
+        return state
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        if "explore_noise" in state:
+            self.explore_noise = state["explore_noise"]["noise"]
 
     # ---- learning --------------------------------------------------------------------------
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
