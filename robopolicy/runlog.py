@@ -54,7 +54,8 @@ def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Pa
     if resume_from is not None:
         return resume_from.parent.parent
     path = Path(run_dir or Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
-    earlier = sorted((path / "checkpoints").glob("[0-9]*"))
+    steps = [p for p in (path / "checkpoints").glob("*") if p.name.isdigit()]
+    earlier = sorted(steps, key=lambda p: int(p.name))
     if earlier:
         # A fresh run would overwrite them step by step: refuse rather than lose that run.
         raise FileExistsError(

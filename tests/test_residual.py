@@ -87,6 +87,12 @@ def test_gripper_gain_lets_the_residual_flip_open_close(tiny_run) -> None:
         critic = gained.executed_action(actor_obs, residual)
         assert critic[0, dim] == pytest.approx(base_grip * (1 - 1.25 * fraction))
         assert gained.env_action(critic)[0, dim] == (-base_grip if flips else base_grip)
+    # TD3's target smoothing is scaled back on the amplified dim only.
+    assert kept.residual_weights() is None
+    weights = gained.residual_weights()
+    assert weights[dim] == pytest.approx(scale / 1.25) and weights.sum() == pytest.approx(
+        policy.action_dim - 1 + scale / 1.25
+    )
 
 
 def test_base_queue_resets_per_episode(tiny_run) -> None:
@@ -163,6 +169,21 @@ def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:
         finetune(_finetune_config(tmp_path / "missing", tmp_path))
     with pytest.raises(ConfigError, match="acts in 4 dims"):
         finetune(_finetune_config(tiny_run, tmp_path, "env_id=robopolicy/PushT-v0"))
+
+
+def test_gripper_gain_and_correlated_noise_settings_are_checked(tiny_run, tmp_path) -> None:
+    from robopolicy.rl.config import validate_finetune_config
+
+    def check(*extra: str) -> None:
+        validate_finetune_config(_finetune_config(tiny_run, tmp_path, *extra))
+
+    check("residual_gripper_gain=2.0", "agent.explore_correlation=0.9")
+    with pytest.raises(ValueError, match="residual_gripper_gain 0.5: must be 0, or > 1"):
+        check("residual_gripper_gain=0.5")
+    with pytest.raises(ValueError, match="with method residual"):
+        check("method=dsrl_sac", "agent.algo=sac", "demo_fraction=0", "residual_gripper_gain=2")
+    with pytest.raises(ValueError, match="explore_correlation shapes TD3"):
+        check("agent.algo=sac", "agent.explore_correlation=0.5")
 
 
 def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:

@@ -23,8 +23,10 @@ class FinetuneConfig:
     obs_keys: list[str] | None = None  # scratch on a dict-observation env: keys to use
     demos: str | None = None  # residual: demo dataset (default: the base's training data)
     demo_fraction: float = 0.5  # residual: share of each batch drawn from demonstrations
-    # residual: > 0 lets the residual open or close the gripper (its open/close dims get
-    # a_base + gain * r / action_scale, executed as the sign); 0 keeps the base's command
+    # residual: > 1 lets the residual open or close the gripper (its open/close dims get
+    # a_base + gain * r / action_scale, executed as the sign, 0 counting as open); a flip
+    # needs |r| > action_scale / gain, and a demo's opposite command (-+1) needs gain >= 2
+    # to be reachable. 0 keeps the base's command.
     residual_gripper_gain: float = 0.0
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
@@ -59,8 +61,19 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual)")
     if cfg.method == "scratch" and not cfg.env_id:
         raise ValueError("method scratch needs env_id=...")
-    if cfg.residual_gripper_gain < 0:
-        raise ValueError(f"residual_gripper_gain must be >= 0, got {cfg.residual_gripper_gain}")
+    if cfg.residual_gripper_gain != 0 and (
+        cfg.method != "residual" or cfg.residual_gripper_gain <= 1
+    ):
+        raise ValueError(
+            f"residual_gripper_gain {cfg.residual_gripper_gain}: must be 0, or > 1 (a residual "
+            f"bounded by agent.action_scale could not flip a +-1 command otherwise) with "
+            f"method residual (not {cfg.method})"
+        )
+    if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":
+        raise ValueError(
+            "agent.explore_correlation shapes TD3's exploration noise; SAC explores by its "
+            "own sampled actions"
+        )
     if not 0 <= cfg.demo_fraction < 1:
         raise ValueError(f"demo_fraction must be in [0, 1), got {cfg.demo_fraction}")
     for name in ("env_steps", "num_envs", "buffer_capacity"):

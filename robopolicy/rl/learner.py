@@ -81,12 +81,16 @@ class Learner(SavesTrainingState, nn.Module):
         action_dim: int,
         critic_action_dim: int | None = None,
         critic_action: CriticAction = identity_action,
+        target_noise_weights: Tensor | None = None,
     ) -> None:
         super().__init__()
         validate_agent_config(cfg)
         self.cfg = cfg
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.critic_action = critic_action
+        # TD3: per-dim factors on the target smoothing, for dims that ``critic_action``
+        # amplifies (a residual's gripper dims), so that smoothing stays as wide everywhere.
+        self.target_noise_weights = target_noise_weights
         if cfg.algo == "sac":
             self.actor: nn.Module = GaussianActor(
                 obs_dim, action_dim, cfg.hidden_dim, cfg.num_layers, cfg.action_scale
@@ -178,6 +182,8 @@ class Learner(SavesTrainingState, nn.Module):
                     -cfg.target_noise_clip * cfg.action_scale,
                     cfg.target_noise_clip * cfg.action_scale,
                 )
+                if self.target_noise_weights is not None:
+                    smoothing = smoothing * self.target_noise_weights
                 next_action = (self.actor_target(batch.next_obs) + smoothing).clamp(
                     -cfg.action_scale, cfg.action_scale
                 )

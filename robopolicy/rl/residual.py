@@ -97,6 +97,16 @@ class ResidualBase:
         executed[..., dims] = base[..., dims] + self.discrete_gain * residual[..., dims]
         return executed.clamp(-1.0, 1.0)
 
+    def residual_weights(self) -> Tensor | None:
+        """Per-dim factors that undo the gripper gain (TD3's target smoothing uses them: the
+        gripper's smoothed value then spreads as far as an arm dim's, instead of g / scale
+        times as far, which would flip held grippers in the targets)."""
+        if self.discrete_gain == 0 or not self.discrete_dims:
+            return None
+        weights = torch.ones(self.action_dim)
+        weights[list(self.discrete_dims)] = 1.0 / self.discrete_gain
+        return weights
+
     def env_action(self, executed: Tensor) -> Tensor:
         """What the env receives for the critic's action: open/close dims as +-1."""
         return threshold_discrete(executed, self.discrete_dims)
