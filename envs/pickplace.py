@@ -56,10 +56,13 @@ class PickPlaceEnv(GripperTaskEnv):
     def placement_error(self) -> float:
         return float(np.linalg.norm(self.cube_pos()[:2] - self.target_xy()))
 
+    def cube_resting(self) -> bool:
+        """The cube sits on the table (within 3 mm of its resting height)."""
+        return bool(self.cube_pos()[2] < self.CUBE_HALF + 0.003)
+
     def _is_success(self) -> bool:
-        resting = self.cube_pos()[2] < self.CUBE_HALF + 0.003
         touched = self._in_contact(self._finger_geoms, self._cube_geoms)
-        return self.placement_error() < self.PLACE_TOL and resting and not touched
+        return self.placement_error() < self.PLACE_TOL and self.cube_resting() and not touched
 
     def _dense_reward(self) -> float:
         if self._is_success():

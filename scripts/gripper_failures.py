@@ -22,15 +22,16 @@ import sys
 from collections import Counter
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from robopolicy.checkpoint import read_config, resolve_checkpoint
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig
-from robopolicy.sim.evaluate import checkpoint_agent
+from robopolicy.sim.evaluate import EvalConfig, checkpoint_agent
 from robopolicy.sim.vector import make_vector_env
 
-EVAL_SEED = 100_000  # the eval harness's held-out seeds
+EVAL_SEED = EvalConfig.seed  # the eval harness's held-out seeds
 
 
 def classify(env, success: bool, ever_grasped: bool) -> str:
@@ -40,14 +41,14 @@ def classify(env, success: bool, ever_grasped: bool) -> str:
         return "never grasped"
     if env.grasping():
         return "still holding"
-    error = getattr(env, "placement_error", None)
-    resting = env.cube_pos()[2] < env.CUBE_HALF + 0.003
-    if error is not None and resting and error() > env.PLACE_TOL:
+    placed = hasattr(env, "placement_error") and env.cube_resting()  # PickPlace only
+    if placed and env.placement_error() > env.PLACE_TOL:
         return "released off target"
     return "other"
 
 
 def main(path: str, n_episodes: int = 50, out: str | None = None) -> dict:
+    torch.manual_seed(0)  # the policies' sampled noise: the same breakdown on every run
     checkpoint = resolve_checkpoint(path)
     config = read_config(checkpoint)
     task = config.get("task", {})

@@ -88,8 +88,8 @@ def test_gripper_gain_lets_the_residual_flip_open_close(tiny_run) -> None:
         assert critic[0, dim] == pytest.approx(base_grip * (1 - 1.25 * fraction))
         assert gained.env_action(critic)[0, dim] == (-base_grip if flips else base_grip)
     # TD3's target smoothing is scaled back on the amplified dim only.
-    assert kept.residual_weights() is None
-    weights = gained.residual_weights()
+    assert kept.target_noise_weights() is None
+    weights = gained.target_noise_weights()
     assert weights[dim] == pytest.approx(scale / 1.25) and weights.sum() == pytest.approx(
         policy.action_dim - 1 + scale / 1.25
     )

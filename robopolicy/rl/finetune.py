@@ -276,14 +276,13 @@ def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
         return NoiseAliasingLearner(
             cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
         )
-    weights = mdp.base.residual_weights() if isinstance(mdp, ResidualMDP) else None
     return Learner(
         cfg.agent,
         mdp.obs_dim,
         mdp.action_dim,
         critic_action_dim=mdp.critic_action_dim,
         critic_action=mdp.critic_action,
-        target_noise_weights=weights,
+        target_noise_weights=mdp.target_noise_weights(),
     )
 
 

@@ -59,6 +59,10 @@ class MDP:
         """What the env receives for the critic's action (the same, unless overridden)."""
         return critic_action
 
+    def target_noise_weights(self) -> Tensor | None:
+        """Per-dim factors on TD3's target smoothing (None: the same everywhere)."""
+        return None
+
     def reset(self) -> Tensor:
         obs, _ = self.envs.reset(seed=[next(self.seeds) for _ in range(self.num_envs)])
         self.episodes += self.num_envs
@@ -143,6 +147,9 @@ class ResidualMDP(SingleStepMDP):
 
     def env_action(self, critic_action: Tensor) -> Tensor:
         return self.base.env_action(critic_action)
+
+    def target_noise_weights(self) -> Tensor | None:
+        return self.base.target_noise_weights()
 
     def _start_episodes(self, mask: np.ndarray) -> None:
         self.base.reset(mask)

@@ -89,15 +89,13 @@ class ResidualBase:
         """
         base = self.base_action(actor_obs)
         executed = base + residual
-        if not self.discrete_dims:
-            return executed.clamp(-1.0, 1.0)
-        dims = list(self.discrete_dims)
         if self.discrete_gain == 0:
-            return threshold_discrete(executed.clamp(-1.0, 1.0), dims)
+            return threshold_discrete(executed.clamp(-1.0, 1.0), self.discrete_dims)
+        dims = list(self.discrete_dims)
         executed[..., dims] = base[..., dims] + self.discrete_gain * residual[..., dims]
         return executed.clamp(-1.0, 1.0)
 
-    def residual_weights(self) -> Tensor | None:
+    def target_noise_weights(self) -> Tensor | None:
         """Per-dim factors that undo the gripper gain (TD3's target smoothing uses them: the
         gripper's smoothed value then spreads as far as an arm dim's, instead of g / scale
         times as far, which would flip held grippers in the targets)."""
