@@ -95,6 +95,32 @@ def test_gripper_gain_lets_the_residual_flip_open_close(tiny_run) -> None:
     )
 
 
+class _PreferredGripperCritic(torch.nn.Module):
+    """Two heads whose mean Q peaks where the gripper command equals sign(obs[0])."""
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        wanted = torch.where(obs[:, 0] > 0, 1.0, -1.0)
+        q = -((actions[:, GRIPPER[0]] - wanted) ** 2) + actions[:, 0]
+        return torch.stack([q, q + 0.1])
+
+
+def test_gripper_critic_chooses_open_close_and_leaves_the_arm_to_the_actor(tiny_run) -> None:
+    policy = load_policy(tiny_run)
+    base = ResidualBase(policy, 2, GRIPPER, gripper_critic=_PreferredGripperCritic())
+    actor_obs = torch.zeros(2, base.obs_dim)
+    actor_obs[:, 0] = torch.tensor([1.0, -1.0])  # row 0 wants closed, row 1 open
+    actor_obs[:, -policy.action_dim + GRIPPER[0]] = torch.tensor([-1.0, 1.0])  # base: opposite
+    residual = torch.full((2, policy.action_dim), 0.1, requires_grad=True)
+    executed = base.executed_action(actor_obs, residual)
+    assert executed[:, GRIPPER[0]].tolist() == [1.0, -1.0]  # the critic's, not the base's
+    assert torch.allclose(executed[:, :3], torch.full((2, 3), 0.1))  # arm: a_base + r
+    executed.sum().backward()
+    assert torch.equal(residual.grad[:, :3], torch.ones(2, 3))  # the actor still learns the arm
+    assert torch.equal(residual.grad[:, GRIPPER[0]], torch.zeros(2))
+    with pytest.raises(ValueError, match="both claim the gripper"):
+        ResidualBase(policy, 1, GRIPPER, 2.0, 0.2, _PreferredGripperCritic())
+
+
 def test_base_queue_resets_per_episode(tiny_run) -> None:
     base = ResidualBase(load_policy(tiny_run), num_envs=2, discrete_dims=GRIPPER)
     obs = {k: np.zeros((2, *s), np.float32) for k, s in base.policy.shapes.obs.items()}
@@ -184,6 +210,24 @@ def test_gripper_gain_and_correlated_noise_settings_are_checked(tiny_run, tmp_pa
         check("method=dsrl_sac", "agent.algo=sac", "demo_fraction=0", "residual_gripper_gain=2")
     with pytest.raises(ValueError, match="explore_correlation shapes TD3"):
         check("agent.algo=sac", "agent.explore_correlation=0.5")
+    check("residual_gripper_by_critic=true")
+    with pytest.raises(ValueError, match="not together with residual_gripper_gain"):
+        check("residual_gripper_by_critic=true", "residual_gripper_gain=2")
+
+
+def test_critic_chosen_gripper_is_handed_over_saved_and_reloaded(tiny_run, tmp_path) -> None:
+    from robopolicy.checkpoint import load_state
+
+    finetune(_finetune_config(tiny_run, tmp_path, "residual_gripper_by_critic=true"))
+    checkpoint = tmp_path / "rl" / "checkpoints" / "0000040"
+    config = read_config(checkpoint)
+    assert config["rl"]["gripper_by_critic"]  # the actor had started: the critic chose
+    assert any(k.startswith("critic.") for k in load_state(checkpoint, "model"))
+    agent = load_rl_agent(checkpoint, config).session()
+    agent.setup(1, GRIPPER)
+    assert agent.base.gripper_critic is not None
+    obs = {k: np.zeros((1, *s), np.float32) for k, s in agent.policy.shapes.obs.items()}
+    assert agent.act(obs, None)[0, GRIPPER[0]] in (-1.0, 1.0)
 
 
 def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:

@@ -31,11 +31,13 @@ class ResidualAgent:
         name: str = "residual",
         gripper_gain: float = 0.0,
         action_scale: float = 1.0,
+        gripper_critic: torch.nn.Module | None = None,
     ) -> None:
         self.policy = policy
         self.actor = actor.eval()
         self.name = name
-        self.gripper = (gripper_gain, action_scale)  # see ResidualBase
+        critic = gripper_critic.eval() if gripper_critic is not None else None
+        self.gripper = (gripper_gain, action_scale, critic)  # see ResidualBase
         self.base: ResidualBase | None = None
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:
@@ -91,7 +93,7 @@ def load_rl_agent(path, config: dict):
     loaded from the checkpoint it names, and must still fit the actor."""
     from robopolicy.checkpoint import CheckpointError, load_policy, load_state, load_strict
     from robopolicy.rl.agent_config import AgentConfig
-    from robopolicy.rl.networks import DeterministicActor
+    from robopolicy.rl.networks import CriticEnsemble, DeterministicActor
 
     rl = config["rl"]
     agent_cfg = AgentConfig(**config["finetune"]["agent"])
@@ -114,7 +116,9 @@ def load_rl_agent(path, config: dict):
     weights = load_state(path, "model")
     prefix = "actor."
     load_strict(
-        actor, {k[len(prefix) :]: v for k, v in weights.items()}, f"{path}/model.safetensors"
+        actor,
+        {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)},
+        f"{path}/model.safetensors",
     )
     if rl["method"] == "scratch":
         return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
@@ -137,4 +141,20 @@ def load_rl_agent(path, config: dict):
             f"gives {expected}"
         )
     gain = config["finetune"].get("residual_gripper_gain", 0.0)
-    return ResidualAgent(policy, actor, f"residual({agent_cfg.algo})", gain, agent_cfg.action_scale)
+    critic = None
+    if rl.get("gripper_by_critic"):  # the critic chose open/close when this was saved
+        critic = CriticEnsemble(
+            rl["obs_dim"],
+            rl["action_dim"],
+            agent_cfg.critic_heads,
+            agent_cfg.hidden_dim,
+            agent_cfg.num_layers,
+        )
+        prefix = "critic."
+        load_strict(
+            critic,
+            {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)},
+            f"{path}/model.safetensors",
+        )
+    name = f"residual({agent_cfg.algo})"
+    return ResidualAgent(policy, actor, name, gain, agent_cfg.action_scale, critic)

@@ -28,6 +28,10 @@ class FinetuneConfig:
     # needs |r| > action_scale / gain, and a demo's opposite command (-+1) needs gain >= 2
     # to be reachable. 0 keeps the base's command.
     residual_gripper_gain: float = 0.0
+    # residual: the critic chooses the open/close commands (argmax over +-1 of its mean Q)
+    # once the actor starts learning (the base's before); the checkpoint then keeps the critic.
+    # Excludes residual_gripper_gain.
+    residual_gripper_by_critic: bool = False
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
@@ -68,6 +72,13 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             f"residual_gripper_gain {cfg.residual_gripper_gain}: must be 0, or > 1 (a residual "
             f"bounded by agent.action_scale could not flip a +-1 command otherwise) with "
             f"method residual (not {cfg.method})"
+        )
+    if cfg.residual_gripper_by_critic and (
+        cfg.method != "residual" or cfg.residual_gripper_gain != 0
+    ):
+        raise ValueError(
+            "residual_gripper_by_critic: only for method residual, and not together with "
+            f"residual_gripper_gain (got method {cfg.method}, gain {cfg.residual_gripper_gain})"
         )
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":
         raise ValueError(

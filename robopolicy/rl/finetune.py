@@ -86,6 +86,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
             _restore(resume_from, learner, online, counters)
+        _hand_gripper_to_critic(cfg, mdp, learner, counters)
         mdp.episodes = counters["episodes"]
         mdp.seeds = seed_stream((cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"])
     except BaseException:
@@ -106,7 +107,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     def evaluate_now(n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
         summary = evaluate(
             setup.env_id,
-            _eval_agent(cfg, setup, learner),
+            _eval_agent(cfg, setup, learner, mdp),
             n_episodes=n_episodes,
             seed=cfg.eval_seed,
             num_envs=2,
@@ -176,6 +177,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                         raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
                     counters["updates"] += 1
                     counters["update_budget"] -= 1
+                _hand_gripper_to_critic(cfg, mdp, learner, counters)
 
             # ---- log, evaluate, save ------------------------------------------------------
             now = counters["env_steps"]
@@ -194,10 +196,21 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
                 evaluate_now(cfg.eval_episodes)
             if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
-                last_checkpoint = _save(run_dir, cfg, setup, learner, online, counters, {})
+                last_checkpoint = _save(
+                    run_dir, cfg, setup, learner, online, counters, {}, _gripper_critic(mdp)
+                )
         progress.close()
         final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
-        last_checkpoint = _save(run_dir, cfg, setup, learner, online, counters, eval_metrics(final))
+        last_checkpoint = _save(
+            run_dir,
+            cfg,
+            setup,
+            learner,
+            online,
+            counters,
+            eval_metrics(final),
+            _gripper_critic(mdp),
+        )
     finally:
         progress.close()
         envs.close()
@@ -286,6 +299,19 @@ def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
     )
 
 
+def _hand_gripper_to_critic(cfg: FinetuneConfig, mdp: MDP, learner: Learner, counters) -> None:
+    """``residual_gripper_by_critic``: the critic chooses open/close from the first actor update
+    on (acting, TD targets, the actor's loss); before that, during warm-up and the critic-only
+    updates, the base's command stands, as the zero-initialised actor keeps the arm's."""
+    if cfg.residual_gripper_by_critic and counters["updates"] >= cfg.critic_warmup_updates:
+        mdp.base.gripper_critic = learner.critic
+
+
+def _gripper_critic(mdp: MDP):
+    """The critic that chooses the gripper now, if one does (residual only)."""
+    return getattr(getattr(mdp, "base", None), "gripper_critic", None)
+
+
 def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
     """Residual: the base action plus small Gaussian noise; DSRL: the base's own N(0, I) noise
     (within the bound); scratch: uniform random actions."""
@@ -297,15 +323,17 @@ def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor
     return scale * (2 * torch.rand(n, action_dim) - 1)
 
 
-def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner):
+def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
     actor = copy.deepcopy(learner.actor).eval()
     if cfg.method == "residual":
+        critic = _gripper_critic(mdp)
         return ResidualAgent(
             setup.policy,
             actor,
             f"residual({cfg.agent.algo})",
             cfg.residual_gripper_gain,
             cfg.agent.action_scale,
+            copy.deepcopy(critic) if critic is not None else None,
         )
     if cfg.method.startswith("dsrl"):
         return NoiseAgent(setup.policy, actor, name=cfg.method)
@@ -330,6 +358,7 @@ def _save(
     online: ReplayBuffer,
     counters: dict,
     metrics: dict,
+    gripper_critic: torch.nn.Module | None,
 ) -> Path:
     config = {
         "finetune": to_dict(cfg),
@@ -342,6 +371,7 @@ def _save(
             "obs_keys": setup.obs_keys,
             "obs_dim": learner.obs_dim,  # the actor's
             "action_dim": learner.action_dim,
+            "gripper_by_critic": gripper_critic is not None,  # its weights: critic.*
         },
         "task": {"env_id": setup.env_id, "env_kwargs": setup.env_kwargs},
     }
@@ -351,10 +381,12 @@ def _save(
         "counters": counters,
         "rng": train_state.rng_state(),
     }
-    actor = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
+    weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
+    if gripper_critic is not None:
+        weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
     return save_checkpoint(
         run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
-        actor,
+        weights,
         config,
         step=counters["env_steps"],
         metrics=metrics,

@@ -11,6 +11,10 @@ At every control step of every sub-env::
     gripper      with gripper_gain g > 0, the open/close dims get a_base + g * r / scale
                  instead: the critic sees that value, the env its sign, so the residual can
                  open or close the gripper where the base would not (|r| > scale / g flips it)
+                 with a gripper critic (``residual_gripper_by_critic``), the critic chooses the
+                 open/close dims instead: argmax over {-1, +1} of its mean Q, the arm dims as
+                 above (a hybrid discrete-continuous action, as in P-DQN); the deterministic
+                 actor's gradient cannot see the step in Q that a thresholded command makes
 
 The base is never trained; its encoder is the actor's and critic's feature extractor (images
 included), so no second encoder learns. Demonstrations enter the replay with the base action
@@ -20,11 +24,12 @@ as it would have planned them), and the critic scores the demonstrator's execute
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from robopolicy.inference.chunking import ChunkExecutor
 from robopolicy.inference.executor import threshold_discrete
@@ -45,11 +50,16 @@ class ResidualBase:
         discrete_dims: Sequence[int] = (),
         gripper_gain: float = 0.0,
         action_scale: float = 1.0,
+        gripper_critic: nn.Module | None = None,
     ) -> None:
         self.policy = policy.eval().requires_grad_(False)
         self.discrete_dims = tuple(discrete_dims)
         # Residual units -> open/close command units (0: the base keeps the gripper).
         self.discrete_gain = gripper_gain / action_scale
+        if gripper_critic is not None and self.discrete_gain != 0:
+            raise ValueError("a gripper critic and a gripper gain both claim the gripper")
+        # Q(s, a) -> (heads, B) that picks the open/close commands (None: see the gain).
+        self.gripper_critic = gripper_critic
         self.executors = [ChunkExecutor(policy, 1, self.discrete_dims) for _ in range(num_envs)]
         self.action_dim = policy.action_dim
         self.feature_dim = policy.obs_encoder.out_dim
@@ -90,10 +100,30 @@ class ResidualBase:
         base = self.base_action(actor_obs)
         executed = base + residual
         if self.discrete_gain == 0:
-            return threshold_discrete(executed.clamp(-1.0, 1.0), self.discrete_dims)
+            executed = threshold_discrete(executed.clamp(-1.0, 1.0), self.discrete_dims)
+            if self.gripper_critic is not None and self.discrete_dims:
+                executed = self.best_discrete(actor_obs, executed)
+            return executed
         dims = list(self.discrete_dims)
         executed[..., dims] = base[..., dims] + self.discrete_gain * residual[..., dims]
         return executed.clamp(-1.0, 1.0)
+
+    def best_discrete(self, actor_obs: Tensor, action: Tensor) -> Tensor:
+        """``action`` with its open/close dims set to the +-1 pattern that the gripper critic's
+        mean Q ranks first; gradients still flow through the other dims (the actor's loss)."""
+        dims = list(self.discrete_dims)
+        patterns = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=len(dims))))
+        n_patterns, batch = len(patterns), action.shape[0]
+        with torch.no_grad():
+            candidates = action.detach().unsqueeze(0).repeat(n_patterns, 1, 1)
+            candidates[..., dims] = patterns[:, None, :]
+            q = self.gripper_critic(
+                actor_obs.repeat(n_patterns, 1), candidates.reshape(n_patterns * batch, -1)
+            )
+            best = q.mean(dim=0).view(n_patterns, batch).argmax(dim=0)
+        chosen = action.clone()
+        chosen[..., dims] = patterns[best]
+        return chosen
 
     def target_noise_weights(self) -> Tensor | None:
         """Per-dim factors that undo the gripper gain (TD3's target smoothing uses them: the
