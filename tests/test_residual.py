@@ -216,18 +216,42 @@ def test_gripper_gain_and_correlated_noise_settings_are_checked(tiny_run, tmp_pa
 
 
 def test_critic_chosen_gripper_is_handed_over_saved_and_reloaded(tiny_run, tmp_path) -> None:
-    from robopolicy.checkpoint import load_state
+    from robopolicy.checkpoint import load_state, load_training_state
 
     finetune(_finetune_config(tiny_run, tmp_path, "residual_gripper_by_critic=true"))
     checkpoint = tmp_path / "rl" / "checkpoints" / "0000040"
     config = read_config(checkpoint)
     assert config["rl"]["gripper_by_critic"]  # the actor had started: the critic chose
-    assert any(k.startswith("critic.") for k in load_state(checkpoint, "model"))
+    trained = load_training_state(checkpoint)["learner"]
     agent = load_rl_agent(checkpoint, config).session()
     agent.setup(1, GRIPPER)
-    assert agent.base.gripper_critic is not None
+    reloaded = agent.base.gripper_critic.state_dict()
+    assert reloaded.keys() == {k[len("critic.") :] for k in trained if k.startswith("critic.")}
+    assert all(torch.equal(v, trained[f"critic.{k}"]) for k, v in reloaded.items())
     obs = {k: np.zeros((1, *s), np.float32) for k, s in agent.policy.shapes.obs.items()}
     assert agent.act(obs, None)[0, GRIPPER[0]] in (-1.0, 1.0)
+    # Before the actor starts, the base keeps the gripper and no critic is saved.
+    early = tmp_path / "early"
+    finetune(
+        _finetune_config(
+            tiny_run,
+            early,
+            "residual_gripper_by_critic=true",
+            "critic_warmup_updates=1000",
+        )
+    )
+    checkpoint = early / "rl" / "checkpoints" / "0000040"
+    assert not read_config(checkpoint)["rl"]["gripper_by_critic"]
+    assert not any(k.startswith("critic.") for k in load_state(checkpoint, "model"))
+    with pytest.raises(ConfigError, match="no open/close action dims"):
+        finetune(
+            _finetune_config(
+                tiny_run,
+                tmp_path / "pusht",
+                "residual_gripper_by_critic=true",
+                "env_id=robopolicy/PushT-v0",
+            )
+        )
 
 
 def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:

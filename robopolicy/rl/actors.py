@@ -36,8 +36,7 @@ class ResidualAgent:
         self.policy = policy
         self.actor = actor.eval()
         self.name = name
-        critic = gripper_critic.eval() if gripper_critic is not None else None
-        self.gripper = (gripper_gain, action_scale, critic)  # see ResidualBase
+        self.gripper = (gripper_gain, action_scale, gripper_critic)  # see ResidualBase
         self.base: ResidualBase | None = None
 
     def prepare(self, envs: gym.vector.VectorEnv) -> None:

@@ -169,6 +169,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                         cfg.agent.n_step,
                         cfg.agent.gamma,
                     )
+                    _hand_gripper_to_critic(cfg, mdp, learner, counters)
                     try:
                         update_metrics = learner.update(
                             batch, update_actor=counters["updates"] >= cfg.critic_warmup_updates
@@ -177,7 +178,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                         raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
                     counters["updates"] += 1
                     counters["update_budget"] -= 1
-                _hand_gripper_to_critic(cfg, mdp, learner, counters)
 
             # ---- log, evaluate, save ------------------------------------------------------
             now = counters["env_steps"]
@@ -249,6 +249,10 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     env_action_dim = int(np.prod(env.action_space.shape))
     discrete = tuple(getattr(env.unwrapped, "discrete_action_dims", ()))
     env.close()
+    if cfg.residual_gripper_by_critic and not discrete:
+        raise ConfigError(
+            f"residual_gripper_by_critic: {env_id} has no open/close action dims to choose"
+        )
     if env_action_dim != policy.action_dim:
         raise ConfigError(
             f"base {base_path} acts in {policy.action_dim} dims but {env_id} takes {env_action_dim}"
@@ -302,8 +306,10 @@ def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
 def _hand_gripper_to_critic(cfg: FinetuneConfig, mdp: MDP, learner: Learner, counters) -> None:
     """``residual_gripper_by_critic``: the critic chooses open/close from the first actor update
     on (acting, TD targets, the actor's loss); before that, during warm-up and the critic-only
-    updates, the base's command stands, as the zero-initialised actor keeps the arm's."""
-    if cfg.residual_gripper_by_critic and counters["updates"] >= cfg.critic_warmup_updates:
+    updates, the base's command stands, as the zero-initialised actor keeps the arm's. At
+    least one critic update comes first, so a freshly initialised critic never chooses."""
+    updates = counters["updates"]
+    if cfg.residual_gripper_by_critic and updates >= max(cfg.critic_warmup_updates, 1):
         mdp.base.gripper_critic = learner.critic
 
 

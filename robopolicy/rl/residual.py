@@ -60,6 +60,10 @@ class ResidualBase:
             raise ValueError("a gripper critic and a gripper gain both claim the gripper")
         # Q(s, a) -> (heads, B) that picks the open/close commands (None: see the gain).
         self.gripper_critic = gripper_critic
+        # every +-1 pattern of the open/close dims, (2^k, k)
+        self.discrete_patterns = torch.tensor(
+            list(itertools.product((-1.0, 1.0), repeat=len(self.discrete_dims)))
+        )
         self.executors = [ChunkExecutor(policy, 1, self.discrete_dims) for _ in range(num_envs)]
         self.action_dim = policy.action_dim
         self.feature_dim = policy.obs_encoder.out_dim
@@ -109,10 +113,17 @@ class ResidualBase:
         return executed.clamp(-1.0, 1.0)
 
     def best_discrete(self, actor_obs: Tensor, action: Tensor) -> Tensor:
-        """``action`` with its open/close dims set to the +-1 pattern that the gripper critic's
-        mean Q ranks first; gradients still flow through the other dims (the actor's loss)."""
+        """``action`` (B, A) with its open/close dims set to the +-1 pattern that the gripper
+        critic's mean Q ranks first; gradients still flow through the other dims (the actor's
+        loss). In TD targets this is the online critic choosing and the target critic scoring
+        the choice (as Double DQN does), which keeps the max from feeding on its own noise."""
+        if action.ndim != 2 or actor_obs.shape[0] != action.shape[0]:
+            raise ValueError(
+                f"best_discrete takes (B, A) actions and (B, obs) states, got "
+                f"{tuple(action.shape)} and {tuple(actor_obs.shape)}"
+            )
         dims = list(self.discrete_dims)
-        patterns = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=len(dims))))
+        patterns = self.discrete_patterns.to(action)
         n_patterns, batch = len(patterns), action.shape[0]
         with torch.no_grad():
             candidates = action.detach().unsqueeze(0).repeat(n_patterns, 1, 1)
