@@ -237,6 +237,39 @@ def test_sac_learns_the_same_point_mass() -> None:
     assert _point_mass_return(learner, starts, residual=True) > before + 0.3 * abs(before)
 
 
+@pytest.mark.parametrize("backup_entropy", [True, False])
+def test_sac_entropy_backup_sets_the_soft_q_fixed_point(backup_entropy) -> None:
+    """A self-loop with reward -1 and discount 0.5: Q = (-1 + 0.5 alpha H) / 0.5 with the
+    entropy backup (H: the actor's entropy), -2 without, whatever alpha is. On a sparse task
+    that ends on success, a positive alpha H per step is what makes long episodes pay."""
+    from robopolicy.rl.replay import Batch
+
+    torch.manual_seed(0)
+    cfg = AgentConfig(
+        algo="sac",
+        hidden_dim=32,
+        critic_heads=2,
+        target_subset=1,
+        critic_lr=1e-2,
+        init_alpha=1.0,
+        backup_entropy=backup_entropy,
+    )
+    learner = Learner(cfg, obs_dim=1, action_dim=3)
+    n = 64
+    obs = torch.zeros(n, 1)
+    batch = Batch(obs, torch.rand(n, 3) * 2 - 1, -torch.ones(n), obs, torch.full((n,), 0.5))
+    for _ in range(400):
+        learner._update_critic(batch)
+        learner.critic_target.load_state_dict(learner.critic.state_dict())
+    with torch.no_grad():
+        entropy = -learner.actor(torch.zeros(20000, 1))[1].mean().item()
+        q = learner.critic(obs, learner.actor(obs)[0]).mean().item()
+    soft, plain = (-1 + 0.5 * entropy) / 0.5, -2.0
+    expected, other = (soft, plain) if backup_entropy else (plain, soft)
+    assert abs(soft - plain) > 1.0  # the two fixed points are well apart
+    assert abs(q - expected) < abs(q - other) / 3
+
+
 def test_learner_state_round_trips_through_a_checkpoint(tmp_path) -> None:
     cfg = AgentConfig(algo="sac", hidden_dim=16, critic_heads=2, batch_size=8)
     a, b = Learner(cfg, 3, 2), Learner(cfg, 3, 2)

@@ -12,6 +12,7 @@ TD3 (Fujimoto et al. 2018, with an ensemble as in ResFiT/REDQ):
     optionally L_mu = -mean_i Q_i / mean|Q| + penalty * mean((mu(s) / scale)^2)
 SAC (Haarnoja et al. 2018, auto-tuned temperature):
     a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
+                  (without the alpha term when ``backup_entropy`` is off)
     L_pi = alpha log pi(a|s) - min_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
 Targets follow by Polyak averaging with rate tau.
 """
@@ -191,7 +192,7 @@ class Learner(SavesTrainingState, nn.Module):
                 self.critic_target(batch.next_obs, self.critic_action(batch.next_obs, next_action)),
                 cfg.target_subset,
             )
-            if cfg.algo == "sac":
+            if cfg.algo == "sac" and cfg.backup_entropy:
                 q_next = q_next - self.alpha * next_log_prob
             y = batch.returns + batch.discount * q_next
         q = self.critic(batch.obs, batch.actions)
