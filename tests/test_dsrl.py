@@ -151,9 +151,30 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
     )
     result = finetune(cfg)
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
+    _sampled_and_mean_noise_agents(result["checkpoint"])
     assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0
     assert method in capsys.readouterr().out
     _serve_and_compare(result["checkpoint"], method)
+
+
+def _sampled_and_mean_noise_agents(checkpoint: str) -> None:
+    """By default the loaded agent draws its noise from the actor (different draws, different
+    chunks); with ``dsrl_sample_noise`` off it plans from the mean noise, whatever the RNG."""
+    config = read_config(checkpoint)
+    assert config["finetune"]["dsrl_sample_noise"]
+
+    def first_actions(agent, seed: int) -> np.ndarray:
+        agent = agent.session()
+        agent.setup(1, (3,))
+        obs = {k: np.full((1, *s), 0.3, np.float32) for k, s in agent.policy.shapes.obs.items()}
+        torch.manual_seed(seed)
+        return agent.act(obs, None)[0]
+
+    sampled = load_rl_agent(checkpoint, config)
+    assert not np.allclose(first_actions(sampled, 0), first_actions(sampled, 1))
+    config["finetune"]["dsrl_sample_noise"] = False
+    mean = load_rl_agent(checkpoint, config)
+    np.testing.assert_array_equal(first_actions(mean, 0), first_actions(mean, 1))
 
 
 def _serve_and_compare(checkpoint: str, method: str) -> None:
@@ -174,7 +195,9 @@ def _serve_and_compare(checkpoint: str, method: str) -> None:
                 for k, shape in client.metadata["observations"].items()
                 for shape in [shape["shape"]]
             }
+            torch.manual_seed(step)  # the same draws of the actor's noise on both sides
             served = client.act(obs)
+            torch.manual_seed(step)
             expected = local.act({k: v[None] for k, v in obs.items()}, None)[0]
             np.testing.assert_allclose(served, expected, atol=1e-5)
         with pytest.raises(ServerError, match="send 'act' messages"):

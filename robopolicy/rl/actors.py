@@ -132,7 +132,8 @@ def load_rl_agent(path, config: dict):
                 f"noise dims but its base {rl['base']} has {policy.obs_encoder.out_dim} and "
                 f"{noise_dim}"
             )
-        return NoiseAgent(policy, actor, name=rl["method"])
+        sample = config["finetune"].get("dsrl_sample_noise", False)  # older: the mean
+        return NoiseAgent(policy, actor, name=rl["method"], sample_noise=sample)
     expected = policy.obs_encoder.out_dim + policy.action_dim
     if expected != rl["obs_dim"]:
         raise CheckpointError(

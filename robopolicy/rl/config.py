@@ -32,6 +32,9 @@ class FinetuneConfig:
     # once the actor starts learning (the base's before); the checkpoint then keeps the critic.
     # Excludes residual_gripper_gain.
     residual_gripper_by_critic: bool = False
+    # DSRL: eval (and serving) draws the noise from the trained actor's distribution (as the
+    # reference does by default); false: the actor's mean noise, a deterministic policy
+    dsrl_sample_noise: bool = True
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from

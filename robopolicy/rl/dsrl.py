@@ -179,12 +179,20 @@ class NoiseAliasingLearner(Learner):
 
 class NoiseAgent:
     """A trained noise actor plus its frozen base as a rollout agent (eval, serving): each
-    sub-env plans a chunk from the actor's mean noise and executes it step by step."""
+    sub-env plans a chunk from noise the actor chooses and executes it step by step.
 
-    def __init__(self, policy, actor: torch.nn.Module, name: str = "dsrl") -> None:
+    ``sample_noise``: draw the noise from the actor's distribution (DSRL reshapes the
+    distribution the base samples from; the reference evaluates that way by default) or take
+    its mean (a deterministic policy; on a base whose zero-noise chunk is a poor mode, such
+    as the scarce PickPlace policy's that never releases, the mean inherits it)."""
+
+    def __init__(
+        self, policy, actor: torch.nn.Module, name: str = "dsrl", sample_noise: bool = True
+    ) -> None:
         self.policy = policy
         self.actor = actor.eval()
         self.name = name
+        self.sample_noise = sample_noise
         self.base: NoiseBase | None = None
         self.queues: list[deque] = []
 
@@ -197,7 +205,7 @@ class NoiseAgent:
 
     def session(self) -> NoiseAgent:
         """A new agent with its own episode state, sharing the (frozen) networks."""
-        return NoiseAgent(self.policy, self.actor, self.name)
+        return NoiseAgent(self.policy, self.actor, self.name, self.sample_noise)
 
     def reset(self, env_mask: np.ndarray) -> None:
         self.base.reset(env_mask)
@@ -210,7 +218,7 @@ class NoiseAgent:
         empty = [i for i, queue in enumerate(self.queues) if not queue]
         if empty:
             features = self.base.features(empty)
-            noise = self.actor(features, deterministic=True)[0]
+            noise = self.actor(features, deterministic=not self.sample_noise)[0]
             chunks = self.base.decode(features, noise).reshape(
                 len(empty), -1, self.policy.action_dim
             )

@@ -342,7 +342,7 @@ def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
             copy.deepcopy(critic) if critic is not None else None,
         )
     if cfg.method.startswith("dsrl"):
-        return NoiseAgent(setup.policy, actor, name=cfg.method)
+        return NoiseAgent(setup.policy, actor, name=cfg.method, sample_noise=cfg.dsrl_sample_noise)
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
 
 
