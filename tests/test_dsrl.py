@@ -152,9 +152,23 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
     result = finetune(cfg)
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
     _sampled_and_mean_noise_agents(result["checkpoint"])
+
     assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0
     assert method in capsys.readouterr().out
     _serve_and_compare(result["checkpoint"], method)
+
+
+def test_training_evals_follow_dsrl_sample_noise() -> None:
+    from robopolicy.rl.finetune import Setup, _eval_agent
+    from robopolicy.rl.learner import Learner
+
+    agent = AgentConfig(algo="sac", hidden_dim=8, critic_heads=2)
+    cfg = FinetuneConfig(method="dsrl_sac", agent=agent)
+    setup = Setup("robopolicy/Lift-v0", {}, policy=tiny_policy("diffusion", "mlp"))
+    learner = Learner(agent, obs_dim=4, action_dim=6)
+    for sample in (True, False):
+        cfg.dsrl_sample_noise = sample
+        assert _eval_agent(cfg, setup, learner, mdp=None).sample_noise is sample
 
 
 def _sampled_and_mean_noise_agents(checkpoint: str) -> None:
@@ -172,7 +186,7 @@ def _sampled_and_mean_noise_agents(checkpoint: str) -> None:
 
     sampled = load_rl_agent(checkpoint, config)
     assert not np.allclose(first_actions(sampled, 0), first_actions(sampled, 1))
-    config["finetune"]["dsrl_sample_noise"] = False
+    del config["finetune"]["dsrl_sample_noise"]  # saved before the option: the mean noise
     mean = load_rl_agent(checkpoint, config)
     np.testing.assert_array_equal(first_actions(mean, 0), first_actions(mean, 1))
 

@@ -264,7 +264,7 @@ def test_sac_entropy_backup_sets_the_soft_q_fixed_point(backup_entropy) -> None:
     with torch.no_grad():
         entropy = -learner.actor(torch.zeros(20000, 1))[1].mean().item()
         q = learner.critic(obs, learner.actor(obs)[0]).mean().item()
-    soft, plain = (-1 + 0.5 * entropy) / 0.5, -2.0
+    soft, plain = (-1 + 0.5 * learner.alpha.item() * entropy) / 0.5, -2.0
     expected, other = (soft, plain) if backup_entropy else (plain, soft)
     assert abs(soft - plain) > 1.0  # the two fixed points are well apart
     assert abs(q - expected) < abs(q - other) / 3

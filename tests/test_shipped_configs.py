@@ -41,3 +41,11 @@ SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if _schema(p) is not None
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_shipped_config_parses(path) -> None:
     load_config(path, _schema(path))
+
+
+@pytest.mark.parametrize(
+    "name", ["dsrl_na_lift", "dsrl_sac_lift", "dsrl_na_pickplace", "dsrl_sac_pickplace"]
+)
+def test_dsrl_configs_sample_noise_and_leave_entropy_out_of_the_target(name) -> None:
+    cfg = load_config(CONFIG_DIR / "rl" / f"{name}.yaml", FinetuneConfig)
+    assert cfg.dsrl_sample_noise and not cfg.agent.backup_entropy

@@ -17,8 +17,8 @@ class AgentConfig:
     alpha_lr: float = 3e-4  # SAC entropy temperature
     init_alpha: float = 0.1  # SAC
     target_entropy: float | None = None  # SAC; None: -action_dim
-    # SAC: the entropy bonus in the TD target (soft Q). Off (as jaxrl's and SERL's
-    # backup_entropy=False) on sparse tasks that end on success: there a positive bonus per
+    # SAC: the entropy bonus in the TD target (soft Q). Off (jaxrl's backup_entropy option,
+    # False by default in SERL) on sparse tasks that end on success: there a positive bonus per
     # step makes long episodes worth more than finishing, and the agent learns to avoid success.
     backup_entropy: bool = True
     tau: float = 0.005

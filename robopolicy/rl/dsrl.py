@@ -13,7 +13,7 @@ DSRL-SAC is plain SAC on (s, w). DSRL-NA (noise aliasing) learns Q^A over execut
 TD, distils Q^W(s, w) from it with fresh noise, and trains the noise actor on Q^W::
 
     Q^A:   y = R + discount * (min_subset Q^A_targ(s', pi_dp(s', w')) - alpha log pi(w'|s')),
-           w' ~ pi(.|s')
+           w' ~ pi(.|s')   (the alpha term only with agent.backup_entropy: off in the configs)
     Q^W:   w ~ N(0, I) clipped to [-m, m];  L = 1/2 sum_i (Q^W_i(s, w) - sg Q^A_i(s, pi_dp(s, w)))^2
     actor: L = alpha log pi(w|s) - min_i Q^W_i(s, w),  w ~ pi(.|s)  (bounded by m like the data)
 
