@@ -270,6 +270,25 @@ def test_sac_entropy_backup_sets_the_soft_q_fixed_point(backup_entropy) -> None:
     assert abs(q - expected) < abs(q - other) / 3
 
 
+def test_sac_target_entropy_is_in_unit_action_space_whatever_the_scale() -> None:
+    """The temperature sees the same entropy gap for a policy scaled by 1 or by 1.5 (DSRL's
+    noise bound): the target is set in [-1, 1] units, as DSRL's reference sets it."""
+    obs = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+
+    def log_alpha_after_one_step(scale: float) -> float:
+        torch.manual_seed(0)
+        cfg = AgentConfig(algo="sac", hidden_dim=16, critic_heads=2, action_scale=scale)
+        cfg.target_entropy, cfg.alpha_lr = 0.0, 0.1
+        learner = Learner(cfg, obs_dim=3, action_dim=4)
+        learner._update_actor(obs)
+        return learner.log_alpha.item()
+
+    start = math.log(AgentConfig().init_alpha)
+    unscaled = log_alpha_after_one_step(1.0)
+    assert unscaled != pytest.approx(start)  # the step moved it
+    assert log_alpha_after_one_step(1.5) == pytest.approx(unscaled, abs=1e-6)
+
+
 def test_learner_state_round_trips_through_a_checkpoint(tmp_path) -> None:
     cfg = AgentConfig(algo="sac", hidden_dim=16, critic_heads=2, batch_size=8)
     a, b = Learner(cfg, 3, 2), Learner(cfg, 3, 2)

@@ -113,12 +113,13 @@ def load_rl_agent(path, config: dict):
             agent_cfg.action_scale,
         )
     weights = load_state(path, "model")
-    prefix = "actor."
-    load_strict(
-        actor,
-        {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)},
-        f"{path}/model.safetensors",
-    )
+
+    def load_module(module: torch.nn.Module, prefix: str) -> None:
+        """Fill ``module`` from the weights saved under ``prefix`` (actor., critic.)."""
+        part = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        load_strict(module, part, f"{path}/model.safetensors")
+
+    load_module(actor, "actor.")
     if rl["method"] == "scratch":
         return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
     policy = load_policy(rl["base"])
@@ -150,11 +151,6 @@ def load_rl_agent(path, config: dict):
             agent_cfg.hidden_dim,
             agent_cfg.num_layers,
         )
-        prefix = "critic."
-        load_strict(
-            critic,
-            {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)},
-            f"{path}/model.safetensors",
-        )
+        load_module(critic, "critic.")
     name = f"residual({agent_cfg.algo})"
     return ResidualAgent(policy, actor, name, gain, agent_cfg.action_scale, critic)

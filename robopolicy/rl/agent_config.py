@@ -16,7 +16,8 @@ class AgentConfig:
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4  # SAC entropy temperature
     init_alpha: float = 0.1  # SAC
-    target_entropy: float | None = None  # SAC; None: -action_dim
+    # SAC, in [-1, 1] action units (before action_scale, as SB3 and DSRL); None: -action_dim
+    target_entropy: float | None = None
     # SAC: the entropy bonus in the TD target (soft Q). Off (jaxrl's backup_entropy option,
     # False by default in SERL) on sparse tasks that end on success: there a positive bonus per
     # step makes long episodes worth more than finishing, and the agent learns to avoid success.

@@ -98,9 +98,10 @@ class Learner(SavesTrainingState, nn.Module):
             )
             self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-            self.target_entropy = (
-                cfg.target_entropy if cfg.target_entropy is not None else -float(action_dim)
-            )
+            # the target is set in [-1, 1] action units (as SB3 and DSRL's reference); the
+            # actor's log-probs are in its scaled units, d * ln(scale) nats higher
+            unit_target = cfg.target_entropy if cfg.target_entropy is not None else -action_dim
+            self.target_entropy = unit_target + action_dim * math.log(cfg.action_scale)
         else:
             self.actor = DeterministicActor(
                 obs_dim,
