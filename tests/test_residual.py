@@ -304,6 +304,26 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     assert (out / "lift.png").is_file()
     assert "BC base (no RL)" in (out / "report.md").read_text()
 
+    # a later bench runs another method and takes the residual curves from this one
+    cfg.suite, cfg.seeds, cfg.methods, cfg.previous = "later", [0], ["again"], [str(out)]
+    cfg.tasks[0].methods["again"] = "rl/residual_lift.yaml"
+    later = rl.run(cfg)["tasks"]["lift"]["runs"]
+    assert sorted(later) == ["again/seed0", "residual/seed0", "residual/seed1"]
+    assert later["residual/seed1"]["from"] == str(out / "results.json")
+    assert later["residual/seed1"]["curve"] == runs["residual/seed1"]["curve"]
+    assert rl._previous_runs(str(out), "lift", tiny_run, exclude=["residual"]) == {}
+    report = (next((tmp_path / "later").iterdir()) / "report.md").read_text()
+    assert f"runs of an earlier bench, {out / 'results.json'}" in report
+
+    # ... but never from another starting point
+    other = tmp_path / "other_base"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match="weights differ"):
+        rl._previous_runs(str(out), "lift", other, exclude=[])
+    with pytest.raises(ConfigError, match="not a bench results.json"):
+        rl._previous_runs(str(tmp_path / "missing"), "lift", tiny_run, exclude=[])
+
 
 def test_image_observations_reach_the_actor_as_base_encoder_features() -> None:
     from bc_fixtures import TINY

@@ -6,10 +6,16 @@ missing), then run each method for each seed with the same env-step budget, eval
 ``eval_every`` env steps. Reports success against env steps (plot per task: the base as a
 dashed line, seeds as thin lines, their mean bold), the final success with its Wilson
 interval, the env steps at which the eval success first reached ``target``, and the wall time.
+
+``previous`` brings in runs of an earlier bench (its results.json) for methods this one does not
+run, so curves finished before can sit beside new ones; they are taken only when their task's
+base checkpoint holds the same weights as this one's, and the report names where they came from.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.config import CONFIG_DIR, load_config, to_dict
+from robopolicy.checkpoint import resolve_checkpoint
+from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
@@ -52,6 +59,9 @@ class Config:
     final_eval_episodes: int = 50
     target: float = 0.9
     overrides: list[str] = field(default_factory=list)  # applied to every finetune run
+    # results.json (or run folders) of earlier benches whose runs join this report, for the
+    # methods not run here, where the task's base weights are the same
+    previous: list[str] = field(default_factory=list)
     out_root: str = "runs/bench"
 
 
@@ -93,8 +103,11 @@ def run(cfg: Config) -> dict[str, Any]:
             "runs": {},
         }
         results["tasks"][task.name] = entry
+        run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
+        for source in cfg.previous:
+            entry["runs"].update(_previous_runs(source, task.name, base, exclude=run_here))
         for label, config in task.methods.items():
-            if cfg.methods and label not in cfg.methods:
+            if label not in run_here:
                 continue
             for seed in cfg.seeds:
                 print(f"[bench {cfg.suite}] {task.name} {label} seed {seed}")
@@ -108,6 +121,38 @@ def run(cfg: Config) -> dict[str, Any]:
     for line in _summary_rows(results):
         print("  " + " | ".join(str(c) for c in line))
     return results
+
+
+def _weights_digest(checkpoint: Path | str) -> str:
+    """One digest of a checkpoint's safetensors files (weights and normalizer)."""
+    digest = hashlib.sha256()
+    for path in sorted(resolve_checkpoint(checkpoint).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _previous_runs(source: str, task: str, base: Path | str, exclude: list[str]) -> dict:
+    """The runs of ``task`` in an earlier bench, except methods in ``exclude``; refused when
+    that bench's base differs from ``base`` (curves from another starting point would mislead)."""
+    path = Path(source)
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"previous: {path} is not a bench results.json")
+    earlier = json.loads(path.read_text())
+    entry = earlier.get("tasks", {}).get(task)
+    if entry is None:
+        return {}
+    if _weights_digest(entry["base"]) != _weights_digest(base):
+        raise ConfigError(
+            f"previous: {path} ran task {task!r} from base {entry['base']}, whose weights differ "
+            f"from this bench's base {base}"
+        )
+    return {
+        key: {**run, "from": str(path)}
+        for key, run in entry["runs"].items()
+        if key.split("/")[0] not in exclude
+    }
 
 
 def _train_base(task: Task, out: Path) -> Path:
@@ -258,5 +303,24 @@ def _report(results: dict) -> str:
             "",
             *[f"![{t}]({t}.png)" for t in results["tasks"]],
             "",
+            *_sources(results),
         ]
     )
+
+
+def _sources(results: dict) -> list[str]:
+    """Lines naming the earlier benches whose runs this report includes."""
+    lines = []
+    for task, entry in results["tasks"].items():
+        earlier: dict[str, set[str]] = {}
+        budget: dict[str, int] = {}
+        for key, run in entry["runs"].items():
+            if "from" in run:
+                earlier.setdefault(run["from"], set()).add(key.split("/")[0])
+                budget[run["from"]] = max(budget.get(run["from"], 0), run["env_steps"])
+        lines += [
+            f"- {task}, {', '.join(sorted(labels))}: runs of an earlier bench, {source} "
+            f"({budget[source]} env steps per run, the same base weights)."
+            for source, labels in earlier.items()
+        ]
+    return [*lines, ""] if lines else []
