@@ -8,7 +8,7 @@ import pytest
 import torch
 from bc_fixtures import tiny_policy
 
-from robopolicy.checkpoint import read_config
+from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.cli import main
 from robopolicy.config import load_config
 from robopolicy.deploy.client import PolicyClient, ServerError
@@ -16,7 +16,7 @@ from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.rl.actors import load_rl_agent
 from robopolicy.rl.agent_config import AgentConfig
 from robopolicy.rl.config import FinetuneConfig
-from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP
+from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP, noise_dim
 from robopolicy.rl.finetune import finetune
 from robopolicy.rl.mdp import seed_stream
 
@@ -60,6 +60,22 @@ def test_same_noise_gives_the_same_chunk() -> None:
     assert torch.equal(first, base.decode(features, noise))
     assert not torch.equal(first, base.decode(features, torch.randn(1, base.noise_dim)))
     assert first.shape == (1, base.chunk_dim)
+
+
+def test_executed_noise_span_leaves_the_other_steps_at_zero() -> None:
+    policy = tiny_policy("diffusion", "mlp")
+    chunk, executed = NoiseBase(policy, 1), NoiseBase(policy, 1, noise_span="executed")
+    assert executed.noise_dim == policy.action_horizon * policy.action_dim < chunk.noise_dim
+    chunk.push({"state": np.ones((1, 3), np.float32)}, [0])
+    features = chunk.features([0])
+    noise = torch.randn(1, executed.noise_dim)
+    full = torch.zeros(1, *chunk.noise_shape)
+    first = policy.obs_horizon - 1
+    full[:, first : first + policy.action_horizon] = noise.reshape(1, policy.action_horizon, -1)
+    assert torch.equal(executed.full_noise(noise), full)
+    assert torch.equal(executed.decode(features, noise), chunk.decode(features, full.flatten(1)))
+    with pytest.raises(ValueError, match="dsrl_noise 'steps' not in"):
+        NoiseBase(policy, 1, noise_span="steps")
 
 
 def test_chunk_reward_is_the_sum_and_episode_end_ends_the_step() -> None:
@@ -126,15 +142,18 @@ def test_distillation_moves_q_w_toward_q_a() -> None:
     assert gap() < 0.1 * before
 
 
-@pytest.mark.parametrize("method", ["dsrl_na", "dsrl_sac"])
-def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
+@pytest.mark.parametrize(
+    ("method", "span"), [("dsrl_na", "chunk"), ("dsrl_sac", "chunk"), ("dsrl_sac", "executed")]
+)
+def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, span, capsys) -> None:
     cfg = load_config(
         None,
         FinetuneConfig,
         [
             f"method={method}",
+            f"dsrl_noise={span}",
             f"base={tiny_run}",
-            f"run_dir={tmp_path / method}",
+            f"run_dir={tmp_path / method / span}",
             "env_steps=64",
             "warmup_steps=16",
             "eval_every=0",
@@ -151,6 +170,8 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, capsys) -> None:
     )
     result = finetune(cfg)
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
+    saved = read_config(result["checkpoint"])
+    assert saved["rl"]["action_dim"] == noise_dim(load_policy(tiny_run), span)
     _sampled_and_mean_noise_agents(result["checkpoint"])
 
     assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0

@@ -124,17 +124,18 @@ def load_rl_agent(path, config: dict):
         return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
     policy = load_policy(rl["base"])
     if rl["method"].startswith("dsrl"):
-        from robopolicy.rl.dsrl import NoiseAgent
+        from robopolicy.rl.dsrl import NoiseAgent, noise_dim
 
-        noise_dim = policy.pred_horizon * policy.action_dim
-        if (rl["obs_dim"], rl["action_dim"]) != (policy.obs_encoder.out_dim, noise_dim):
+        span = config["finetune"].get("dsrl_noise", "chunk")
+        expected = (policy.obs_encoder.out_dim, noise_dim(policy, span))
+        if (rl["obs_dim"], rl["action_dim"]) != expected:
             raise CheckpointError(
                 f"{path}: the noise actor maps {rl['obs_dim']} features to {rl['action_dim']} "
-                f"noise dims but its base {rl['base']} has {policy.obs_encoder.out_dim} and "
-                f"{noise_dim}"
+                f"noise dims but its base {rl['base']} has {expected[0]} and {expected[1]} "
+                f"(dsrl_noise: {span})"
             )
         sample = config["finetune"].get("dsrl_sample_noise", False)  # older: the mean
-        return NoiseAgent(policy, actor, name=rl["method"], sample_noise=sample)
+        return NoiseAgent(policy, actor, rl["method"], sample, noise_span=span)
     expected = policy.obs_encoder.out_dim + policy.action_dim
     if expected != rl["obs_dim"]:
         raise CheckpointError(

@@ -35,6 +35,9 @@ class FinetuneConfig:
     # DSRL: eval (and serving) draws the noise from the trained actor's distribution (as the
     # reference does by default); false: the actor's mean noise, a deterministic policy
     dsrl_sample_noise: bool = True
+    # DSRL: the agent chooses the noise of the whole predicted chunk (chunk: H x A, as DSRL)
+    # or of the executed steps only, the rest held at zero (executed: action_horizon x A)
+    dsrl_noise: str = "chunk"
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
@@ -83,6 +86,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             "residual_gripper_by_critic: only for method residual, and not together with "
             f"residual_gripper_gain (got method {cfg.method}, gain {cfg.residual_gripper_gain})"
         )
+    if cfg.dsrl_noise not in ("chunk", "executed"):
+        raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in ('chunk', 'executed')")
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":
         raise ValueError(
             "agent.explore_correlation shapes TD3's exploration noise; SAC explores by its "

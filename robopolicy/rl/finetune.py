@@ -283,7 +283,7 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
         )
         return ResidualMDP(envs, seeds, base)
     if cfg.method.startswith("dsrl"):
-        base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims)
+        base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims, cfg.dsrl_noise)
         return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
     return FlatMDP(envs, seeds, setup.obs_keys)
 
@@ -342,7 +342,9 @@ def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
             copy.deepcopy(critic) if critic is not None else None,
         )
     if cfg.method.startswith("dsrl"):
-        return NoiseAgent(setup.policy, actor, name=cfg.method, sample_noise=cfg.dsrl_sample_noise)
+        return NoiseAgent(
+            setup.policy, actor, cfg.method, cfg.dsrl_sample_noise, noise_span=cfg.dsrl_noise
+        )
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
 
 
