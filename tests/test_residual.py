@@ -293,19 +293,25 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
             "eval_episodes": 2,
             "final_eval_episodes": 2,
             "overrides": ["warmup_steps=10", "critic_warmup_updates=2", *tiny],
+            "base_draws": 2,
             "out_root": str(tmp_path),
         },
     )
     results = rl.run(cfg)
-    runs = results["tasks"]["lift"]["runs"]
+    lift = results["tasks"]["lift"]
+    assert len(lift["base_draw_success"]) == 2
+    assert max(lift["base_draw_success"]) <= lift["base_any_draw"] <= 1
+    runs = lift["runs"]
     assert sorted(runs) == ["residual/seed0", "residual/seed1"]
     assert [step for step, _ in runs["residual/seed0"]["curve"]] == [0, 10, 20]
     out = next((tmp_path / "residual").iterdir())
     assert (out / "lift.png").is_file()
     assert "BC base (no RL)" in (out / "report.md").read_text()
+    assert "solved in any of 2 draws" in (out / "report.md").read_text()
 
     # a later bench runs another method and takes the residual curves from this one
     cfg.suite, cfg.seeds, cfg.methods, cfg.previous = "later", [0], ["again"], [str(out)]
+    cfg.base_draws = 0
     cfg.tasks[0].methods["again"] = "rl/residual_lift.yaml"
     later = rl.run(cfg)["tasks"]["lift"]["runs"]
     assert sorted(later) == ["again/seed0", "residual/seed0", "residual/seed1"]

@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import resolve_checkpoint
@@ -62,6 +63,10 @@ class Config:
     # results.json (or run folders) of earlier benches whose runs join this report, for the
     # methods not run here, where the task's base weights are the same
     previous: list[str] = field(default_factory=list)
+    # evaluate the base this many more times, each with its own sampler seed, and report the
+    # share of eval episodes (initial states) that succeed in at least one draw: what the base
+    # can do there under some noise, which bounds in practice what steering its noise can reach
+    base_draws: int = 0
     out_root: str = "runs/bench"
 
 
@@ -102,6 +107,8 @@ def run(cfg: Config) -> dict[str, Any]:
             "base_n": base_eval["n_episodes"],
             "runs": {},
         }
+        if cfg.base_draws:
+            entry.update(_base_support(base, cfg, out / task.name / "base_draws"))
         results["tasks"][task.name] = entry
         run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
         for source in cfg.previous:
@@ -121,6 +128,27 @@ def run(cfg: Config) -> dict[str, Any]:
     for line in _summary_rows(results):
         print("  " + " | ".join(str(c) for c in line))
     return results
+
+
+def _base_support(base: Path | str, cfg: Config, out: Path) -> dict[str, Any]:
+    """``base_draws`` evals of the base on the same initial states, sampler seeds 0, 1, ...:
+    each draw's success, and the share of initial states that any draw solves."""
+    solved = None
+    rates = []
+    for draw in range(cfg.base_draws):
+        torch.manual_seed(draw)  # the sampler's noise; the envs' seeds stay the eval seeds
+        summary = run_eval_config(
+            EvalConfig(
+                checkpoint=str(base),
+                n_episodes=cfg.final_eval_episodes,
+                video_episodes=0,
+                out_dir=str(out / f"draw{draw}"),
+            )
+        )
+        success = np.array([e["success"] for e in summary["per_episode"]], dtype=bool)
+        solved = success if solved is None else solved | success
+        rates.append(summary["success_rate"])
+    return {"base_draw_success": rates, "base_any_draw": float(solved.mean())}
 
 
 def _weights_digest(checkpoint: Path | str) -> str:
@@ -256,6 +284,21 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                 "-",
             ]
         )
+        if "base_any_draw" in entry:
+            draws = entry["base_draw_success"]
+            rows.append(
+                [
+                    task,
+                    f"BC base, solved in any of {len(draws)} draws",
+                    "-",
+                    "-",
+                    f"{entry['base_any_draw']:.0%} (draws: "
+                    + ", ".join(f"{r:.0%}" for r in draws)
+                    + ")",
+                    "-",
+                    "-",
+                ]
+            )
         for label, runs in _by_method(entry).items():
             start = np.mean([r["curve"][0][1] for r in runs])
             finals = ", ".join(
