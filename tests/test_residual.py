@@ -321,6 +321,12 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     report = (next((tmp_path / "later").iterdir()) / "report.md").read_text()
     assert f"runs of an earlier bench, {out / 'results.json'}" in report
 
+    cfg.suite, cfg.methods = "report_only", ["none"]  # report the base and earlier runs only
+    assert sorted(rl.run(cfg)["tasks"]["lift"]["runs"]) == ["residual/seed0", "residual/seed1"]
+    cfg.methods = ["residul"]
+    with pytest.raises(ConfigError, match=r"methods: \['residul'\] not in"):
+        rl.run(cfg)
+
     # ... but never from another starting point
     other = tmp_path / "other_base"
     other.mkdir()

@@ -52,7 +52,8 @@ class Config:
     suite: str = "residual"  # names the output folder runs/bench/<suite>/
     tasks: list[Task] = field(default_factory=list)
     only: list[str] = field(default_factory=list)  # task names (empty: all)
-    methods: list[str] = field(default_factory=list)  # method labels (empty: all)
+    # method labels to run (empty: all; [none]: none, to report the base and ``previous`` runs)
+    methods: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     env_steps: int = 100_000
     eval_every: int = 5000
@@ -71,6 +72,10 @@ class Config:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    known = {label for task in cfg.tasks for label in task.methods}
+    unknown = sorted(set(cfg.methods) - known - {"none"})
+    if unknown:
+        raise ConfigError(f"methods: {unknown} not in this suite's methods {sorted(known)}")
     out = new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
         "suite": cfg.suite,
