@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "finetune",
             _cmd_finetune,
-            "improve a frozen BC policy with off-policy RL (method=residual), or learn from "
-            "scratch (method=scratch); logs success against env steps, checkpoints, final eval",
+            "improve a frozen BC policy with off-policy RL (method=residual: a per-step "
+            "correction; dsrl_sac, dsrl_na: steer its noise), or learn from scratch "
+            "(method=scratch); logs success against env steps, checkpoints, final eval",
             "config",
         ),
         (
@@ -255,7 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
     from robopolicy.bench import SUITES
 
-    p = sub.add_parser("bench", help="run a benchmark suite", description="run a benchmark suite")
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark suite",
+        description="run a benchmark suite (its config: configs/bench/SUITE.yaml); writes "
+        "runs/bench/SUITE/<time>/results.json, report.md and plots",
+        epilog="examples:\n"
+        "  robopolicy bench residual env_steps=30000\n"
+        '  robopolicy bench dsrl "only=[pickplace]" "methods=[dsrl_sac]" "seeds=[0]"\n'
+        '  robopolicy bench dsrl "methods=[none]" "previous=[runs/bench/residual/<time>]" '
+        "base_draws=8\n"
+        "    residual, dsrl: previous= adds an earlier bench's runs from the same base;\n"
+        "    base_draws=K: the share of eval episodes the base solves in any of K draws",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("suite", help=f"suite name: {', '.join(SUITES)}")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the suite's config")
     p.set_defaults(func=_cmd_bench)
