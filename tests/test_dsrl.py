@@ -8,7 +8,7 @@ import pytest
 import torch
 from bc_fixtures import tiny_policy
 
-from robopolicy.checkpoint import load_policy, read_config
+from robopolicy.checkpoint import CheckpointError, load_policy, read_config
 from robopolicy.cli import main
 from robopolicy.config import load_config
 from robopolicy.deploy.client import PolicyClient, ServerError
@@ -172,6 +172,9 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, span, capsys) -> N
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
     saved = read_config(result["checkpoint"])
     assert saved["rl"]["action_dim"] == noise_dim(load_policy(tiny_run), span)
+    saved["finetune"]["dsrl_noise"] = "executed" if span == "chunk" else "chunk"
+    with pytest.raises(CheckpointError, match="noise dims but its base"):
+        load_rl_agent(result["checkpoint"], saved)
     _sampled_and_mean_noise_agents(result["checkpoint"])
 
     assert main(["eval", result["checkpoint"], "n_episodes=2", "video_episodes=0"]) == 0

@@ -306,8 +306,12 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     assert [step for step, _ in runs["residual/seed0"]["curve"]] == [0, 10, 20]
     out = next((tmp_path / "residual").iterdir())
     assert (out / "lift.png").is_file()
+    assert (out / "lift" / "base_draws" / "draw1" / "eval.json").is_file()
     assert "BC base (no RL)" in (out / "report.md").read_text()
     assert "solved in any of 2 draws" in (out / "report.md").read_text()
+    rng = torch.random.get_rng_state()
+    rl._base_support(tiny_run, cfg, tmp_path / "draws")  # leaves the global RNG as it was
+    assert torch.equal(torch.random.get_rng_state(), rng)
 
     # a later bench runs another method and takes the residual curves from this one
     cfg.suite, cfg.seeds, cfg.methods, cfg.previous = "later", [0], ["again"], [str(out)]
@@ -317,12 +321,19 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     assert sorted(later) == ["again/seed0", "residual/seed0", "residual/seed1"]
     assert later["residual/seed1"]["from"] == str(out / "results.json")
     assert later["residual/seed1"]["curve"] == runs["residual/seed1"]["curve"]
-    assert rl._previous_runs(str(out), "lift", tiny_run, exclude=["residual"]) == {}
+    earlier = rl._read_results(str(out))
+    assert rl._previous_runs(*earlier, "lift", tiny_run, exclude=["residual"]) == {}
     report = (next((tmp_path / "later").iterdir()) / "report.md").read_text()
     assert f"runs of an earlier bench, {out / 'results.json'}" in report
 
-    cfg.suite, cfg.methods = "report_only", ["none"]  # report the base and earlier runs only
-    assert sorted(rl.run(cfg)["tasks"]["lift"]["runs"]) == ["residual/seed0", "residual/seed1"]
+    # report the base and earlier runs only, from the earlier bench's base
+    cfg.suite, cfg.methods, cfg.tasks[0].base = "report_only", ["none"], None
+    only = rl.run(cfg)["tasks"]["lift"]
+    assert only["base"] == str(tiny_run)
+    assert sorted(only["runs"]) == ["residual/seed0", "residual/seed1"]
+    cfg.previous = [str(out), str(out / "results.json")]
+    with pytest.raises(ConfigError, match="residual/seed0 is in both"):
+        rl.run(cfg)
     cfg.methods = ["residul"]
     with pytest.raises(ConfigError, match=r"methods: \['residul'\] not in"):
         rl.run(cfg)
@@ -332,9 +343,11 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     other.mkdir()
     (other / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(ConfigError, match="weights differ"):
-        rl._previous_runs(str(out), "lift", other, exclude=[])
+        rl._previous_runs(*earlier, "lift", other, exclude=[])
+    with pytest.raises(ConfigError, match="previous: .*checkpoint not found"):
+        rl._previous_runs(*earlier, "lift", tmp_path / "moved", exclude=[])
     with pytest.raises(ConfigError, match="not a bench results.json"):
-        rl._previous_runs(str(tmp_path / "missing"), "lift", tiny_run, exclude=[])
+        rl._read_results(str(tmp_path / "missing"))
 
 
 def test_image_observations_reach_the_actor_as_base_encoder_features() -> None:

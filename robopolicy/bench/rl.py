@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.checkpoint import resolve_checkpoint
+from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
-from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.sim.evaluate import EvalConfig, run_eval_config
@@ -76,6 +76,9 @@ def run(cfg: Config) -> dict[str, Any]:
     unknown = sorted(set(cfg.methods) - known - {"none"})
     if unknown:
         raise ConfigError(f"methods: {unknown} not in this suite's methods {sorted(known)}")
+    if cfg.base_draws < 0:
+        raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
+    earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
     out = new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -90,12 +93,26 @@ def run(cfg: Config) -> dict[str, Any]:
                 "final_eval_episodes",
                 "target",
                 "overrides",
+                "methods",
+                "previous",
+                "base_draws",
             )
         },
         "tasks": {},
     }
     for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
-        base = task.base or _train_base(task, out)
+        # an earlier bench's base, when this task has none: its runs then stay comparable
+        base = task.base or _earlier_base(earlier, task.name) or _train_base(task, out)
+        run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
+        entry: dict[str, Any] = {"base": str(base), "runs": {}}
+        for path, bench in earlier:
+            for key, run in _previous_runs(path, bench, task.name, base, run_here).items():
+                if key in entry["runs"]:
+                    raise ConfigError(
+                        f"previous: {task.name} {key} is in both {entry['runs'][key]['from']} "
+                        f"and {path}"
+                    )
+                entry["runs"][key] = run
         print(f"[bench {cfg.suite}] {task.name} base policy")
         base_eval = run_eval_config(
             EvalConfig(
@@ -105,19 +122,14 @@ def run(cfg: Config) -> dict[str, Any]:
                 out_dir=str(out / task.name / "base_eval"),
             )
         )
-        entry: dict[str, Any] = {
-            "base": str(base),
-            "base_success": base_eval["success_rate"],
-            "base_ci95": base_eval["success_ci95"],
-            "base_n": base_eval["n_episodes"],
-            "runs": {},
-        }
+        entry.update(
+            base_success=base_eval["success_rate"],
+            base_ci95=base_eval["success_ci95"],
+            base_n=base_eval["n_episodes"],
+        )
         if cfg.base_draws:
             entry.update(_base_support(base, cfg, out / task.name / "base_draws"))
         results["tasks"][task.name] = entry
-        run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
-        for source in cfg.previous:
-            entry["runs"].update(_previous_runs(source, task.name, base, exclude=run_here))
         for label, config in task.methods.items():
             if label not in run_here:
                 continue
@@ -137,49 +149,66 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def _base_support(base: Path | str, cfg: Config, out: Path) -> dict[str, Any]:
     """``base_draws`` evals of the base on the same initial states, sampler seeds 0, 1, ...:
-    each draw's success, and the share of initial states that any draw solves."""
+    each draw's success, and the share of initial states that any draw solves. The global RNG
+    is restored afterwards, so the draws do not shift what runs next."""
     solved = None
     rates = []
-    for draw in range(cfg.base_draws):
-        torch.manual_seed(draw)  # the sampler's noise; the envs' seeds stay the eval seeds
-        summary = run_eval_config(
-            EvalConfig(
-                checkpoint=str(base),
-                n_episodes=cfg.final_eval_episodes,
-                video_episodes=0,
-                out_dir=str(out / f"draw{draw}"),
+    with torch.random.fork_rng():
+        for draw in range(cfg.base_draws):
+            torch.manual_seed(draw)  # the sampler's noise; the envs' seeds stay the eval seeds
+            summary = run_eval_config(
+                EvalConfig(
+                    checkpoint=str(base),
+                    n_episodes=cfg.final_eval_episodes,
+                    video_episodes=0,
+                    out_dir=str(out / f"draw{draw}"),
+                )
             )
-        )
-        success = np.array([e["success"] for e in summary["per_episode"]], dtype=bool)
-        solved = success if solved is None else solved | success
-        rates.append(summary["success_rate"])
+            success = np.array([e["success"] for e in summary["per_episode"]], dtype=bool)
+            solved = success if solved is None else solved | success
+            rates.append(summary["success_rate"])
     return {"base_draw_success": rates, "base_any_draw": float(solved.mean())}
 
 
-def _weights_digest(checkpoint: Path | str) -> str:
+def _weights_digest(checkpoint: Path | str, context: str) -> str:
     """One digest of a checkpoint's safetensors files (weights and normalizer)."""
+    try:
+        directory = resolve_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(f"{context}: {err}") from err
     digest = hashlib.sha256()
-    for path in sorted(resolve_checkpoint(checkpoint).glob("*.safetensors")):
+    for path in sorted(directory.glob("*.safetensors")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def _previous_runs(source: str, task: str, base: Path | str, exclude: list[str]) -> dict:
-    """The runs of ``task`` in an earlier bench, except methods in ``exclude``; refused when
-    that bench's base differs from ``base`` (curves from another starting point would mislead)."""
+def _read_results(source: str) -> tuple[Path, dict]:
+    """An earlier bench's results.json (given it or its folder)."""
     path = Path(source)
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
         raise ConfigError(f"previous: {path} is not a bench results.json")
-    earlier = json.loads(path.read_text())
-    entry = earlier.get("tasks", {}).get(task)
+    return path, json.loads(path.read_text())
+
+
+def _earlier_base(earlier: list[tuple[Path, dict]], task: str) -> str | None:
+    """The base checkpoint the first earlier bench with ``task`` started from."""
+    return next((b["tasks"][task]["base"] for _, b in earlier if task in b.get("tasks", {})), None)
+
+
+def _previous_runs(path: Path, bench: dict, task: str, base: Path | str, exclude) -> dict:
+    """The runs of ``task`` in an earlier bench, except methods in ``exclude``; refused when
+    that bench's base differs from ``base`` (curves from another starting point would mislead)."""
+    entry = bench.get("tasks", {}).get(task)
     if entry is None:
+        print(f"[bench] previous: {path} has no task {task!r}")
         return {}
-    if _weights_digest(entry["base"]) != _weights_digest(base):
+    context = f"previous: {path}, task {task!r}"
+    if _weights_digest(entry["base"], context) != _weights_digest(base, context):
         raise ConfigError(
-            f"previous: {path} ran task {task!r} from base {entry['base']}, whose weights differ "
-            f"from this bench's base {base}"
+            f"{context} ran from base {entry['base']}, whose weights differ from this bench's "
+            f"base {base}"
         )
     return {
         key: {**run, "from": str(path)}
@@ -214,7 +243,7 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
         *cfg.overrides,
     ]
     ft_cfg = load_config(CONFIG_DIR / config, FinetuneConfig, overrides)
-    if ft_cfg.method == "residual":
+    if ft_cfg.method in BASE_METHODS:  # every method starts from this bench's base
         ft_cfg.base = str(base)
     result = finetune(ft_cfg)
     history = result["history"]
