@@ -291,6 +291,15 @@ def _plot(name: str, entry: dict, cfg: Config, path: Path) -> None:
         )
     ax.axhline(cfg.target, color="grey", ls=":", lw=1)
     ax.axhline(entry["base_success"], color="black", ls="--", lw=1.5, label="BC base")
+    if "base_any_draw" in entry:
+        draws = len(entry["base_draw_success"])
+        ax.axhline(
+            entry["base_any_draw"],
+            color="black",
+            ls="-.",
+            lw=1,
+            label=f"base, any of {draws} draws",
+        )
     ax.set(
         xlabel="env steps",
         ylabel=f"eval success ({cfg.eval_episodes} episodes)",
@@ -372,7 +381,8 @@ def _report(results: dict) -> str:
             "",
             f"{m['date']}, {m['cpu']} ({m['cores']} cores), CUDA: {m['cuda']}, "
             f"commit {m['git_commit']}.",
-            f"Budget {s['env_steps']} env steps per run; eval every {s['eval_every']} env steps on "
+            f"Budget {s['env_steps']} env steps per run made here; eval every "
+            f"{s['eval_every']} env steps on "
             f"{s['eval_episodes']} episodes, final eval on {s['final_eval_episodes']} "
             "(seeds from 100000).",
             "",
