@@ -310,7 +310,7 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     assert "BC base (no RL)" in (out / "report.md").read_text()
     assert "solved in any of 2 draws" in (out / "report.md").read_text()
     rng = torch.random.get_rng_state()
-    rl._base_support(tiny_run, cfg, tmp_path / "draws")  # leaves the global RNG as it was
+    rl._seeded_eval(tiny_run, cfg, tmp_path / "draws", sampler_seed=3)  # leaves the RNG as it was
     assert torch.equal(torch.random.get_rng_state(), rng)
 
     # a later bench runs another method and takes the residual curves from this one

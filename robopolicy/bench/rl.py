@@ -114,21 +114,14 @@ def run(cfg: Config) -> dict[str, Any]:
                     )
                 entry["runs"][key] = run
         print(f"[bench {cfg.suite}] {task.name} base policy")
-        base_eval = run_eval_config(
-            EvalConfig(
-                checkpoint=str(base),
-                n_episodes=cfg.final_eval_episodes,
-                video_episodes=0,
-                out_dir=str(out / task.name / "base_eval"),
-            )
-        )
+        base_eval = _seeded_eval(base, cfg, out / task.name / "base_eval", sampler_seed=0)
         entry.update(
             base_success=base_eval["success_rate"],
             base_ci95=base_eval["success_ci95"],
             base_n=base_eval["n_episodes"],
         )
         if cfg.base_draws:
-            entry.update(_base_support(base, cfg, out / task.name / "base_draws"))
+            entry.update(_base_support(base, cfg, out / task.name / "base_draws", base_eval))
         results["tasks"][task.name] = entry
         for label, config in task.methods.items():
             if label not in run_here:
@@ -147,27 +140,33 @@ def run(cfg: Config) -> dict[str, Any]:
     return results
 
 
-def _base_support(base: Path | str, cfg: Config, out: Path) -> dict[str, Any]:
-    """``base_draws`` evals of the base on the same initial states, sampler seeds 0, 1, ...:
-    each draw's success, and the share of initial states that any draw solves. The global RNG
-    is restored afterwards, so the draws do not shift what runs next."""
-    solved = None
-    rates = []
+def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
+    """The base's final-size eval with its sampler seeded (the envs' seeds are the eval seeds),
+    so the base's figure repeats from one bench to the next; the global RNG is restored."""
     with torch.random.fork_rng():
-        for draw in range(cfg.base_draws):
-            torch.manual_seed(draw)  # the sampler's noise; the envs' seeds stay the eval seeds
-            summary = run_eval_config(
-                EvalConfig(
-                    checkpoint=str(base),
-                    n_episodes=cfg.final_eval_episodes,
-                    video_episodes=0,
-                    out_dir=str(out / f"draw{draw}"),
-                )
+        torch.manual_seed(sampler_seed)
+        return run_eval_config(
+            EvalConfig(
+                checkpoint=str(base),
+                n_episodes=cfg.final_eval_episodes,
+                video_episodes=0,
+                out_dir=str(out),
             )
-            success = np.array([e["success"] for e in summary["per_episode"]], dtype=bool)
-            solved = success if solved is None else solved | success
-            rates.append(summary["success_rate"])
-    return {"base_draw_success": rates, "base_any_draw": float(solved.mean())}
+        )
+
+
+def _base_support(base: Path | str, cfg: Config, out: Path, first: dict) -> dict[str, Any]:
+    """``base_draws`` evals of the base on the same initial states (``first``, the base eval,
+    is draw 0; the others use sampler seeds 1, 2, ...): each draw's success, and the share of
+    initial states that any draw solves."""
+    draws = [first] + [
+        _seeded_eval(base, cfg, out / f"draw{k}", sampler_seed=k) for k in range(1, cfg.base_draws)
+    ]
+    solved = np.any([[e["success"] for e in d["per_episode"]] for d in draws], axis=0)
+    return {
+        "base_draw_success": [d["success_rate"] for d in draws],
+        "base_any_draw": float(solved.mean()),
+    }
 
 
 def _weights_digest(checkpoint: Path | str, context: str) -> str:
