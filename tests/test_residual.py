@@ -331,7 +331,15 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     only = rl.run(cfg)["tasks"]["lift"]
     assert only["base"] == str(tiny_run)
     assert sorted(only["runs"]) == ["residual/seed0", "residual/seed1"]
-    cfg.previous = [str(out), str(out / "results.json")]
+    later_out = next((tmp_path / "later").iterdir())
+    cfg.previous = [str(later_out), str(out)]  # later's residual runs are out's: one each
+    merged = rl.run(cfg)["tasks"]["lift"]["runs"]
+    assert sorted(merged) == ["again/seed0", "residual/seed0", "residual/seed1"]
+    assert merged["residual/seed0"]["from"] == str(out / "results.json")
+    copy = tmp_path / "copy" / "results.json"
+    copy.parent.mkdir()
+    copy.write_text((out / "results.json").read_text())
+    cfg.previous = [str(out), str(copy)]  # two benches that each ran residual/seed0
     with pytest.raises(ConfigError, match="residual/seed0 is in both"):
         rl.run(cfg)
     cfg.methods = ["residul"]

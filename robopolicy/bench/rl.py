@@ -107,6 +107,8 @@ def run(cfg: Config) -> dict[str, Any]:
         entry: dict[str, Any] = {"base": str(base), "runs": {}}
         for path, bench in earlier:
             for key, run in _previous_runs(path, bench, task.name, base, run_here).items():
+                if key in entry["runs"] and entry["runs"][key]["from"] == run["from"]:
+                    continue  # the same run, brought in by two benches
                 if key in entry["runs"]:
                     raise ConfigError(
                         f"previous: {task.name} {key} is in both {entry['runs'][key]['from']} "
@@ -209,8 +211,8 @@ def _previous_runs(path: Path, bench: dict, task: str, base: Path | str, exclude
             f"{context} ran from base {entry['base']}, whose weights differ from this bench's "
             f"base {base}"
         )
-    return {
-        key: {**run, "from": str(path)}
+    return {  # "from": the bench that made the run (an earlier import keeps its origin)
+        key: {**run, "from": run.get("from", str(path))}
         for key, run in entry["runs"].items()
         if key.split("/")[0] not in exclude
     }
