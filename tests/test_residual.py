@@ -322,7 +322,8 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     assert later["residual/seed1"]["from"] == str(out / "results.json")
     assert later["residual/seed1"]["curve"] == runs["residual/seed1"]["curve"]
     earlier = rl._read_results(str(out))
-    assert rl._previous_runs(*earlier, "lift", tiny_run, exclude=["residual"]) == {}
+    digest = rl._weights_digest(tiny_run, "test")
+    assert rl._previous_runs(*earlier, "lift", digest, exclude=["residual"]) == {}
     report = (next((tmp_path / "later").iterdir()) / "report.md").read_text()
     assert f"runs of an earlier bench, {out / 'results.json'}" in report
 
@@ -351,9 +352,10 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     other.mkdir()
     (other / "model.safetensors").write_bytes(b"other weights")
     with pytest.raises(ConfigError, match="weights differ"):
-        rl._previous_runs(*earlier, "lift", other, exclude=[])
+        rl._previous_runs(*earlier, "lift", rl._weights_digest(other, "test"), exclude=[])
+    moved = {"tasks": {"lift": {**earlier[1]["tasks"]["lift"], "base": str(tmp_path / "moved")}}}
     with pytest.raises(ConfigError, match="previous: .*checkpoint not found"):
-        rl._previous_runs(*earlier, "lift", tmp_path / "moved", exclude=[])
+        rl._previous_runs(earlier[0], moved, "lift", digest, exclude=[])
     with pytest.raises(ConfigError, match="not a bench results.json"):
         rl._read_results(str(tmp_path / "missing"))
 

@@ -64,9 +64,9 @@ class Config:
     # results.json (or run folders) of earlier benches whose runs join this report, for the
     # methods not run here, where the task's base weights are the same
     previous: list[str] = field(default_factory=list)
-    # evaluate the base this many more times, each with its own sampler seed, and report the
-    # share of eval episodes (initial states) that succeed in at least one draw: what the base
-    # can do there under some noise, which bounds in practice what steering its noise can reach
+    # evaluate the base this many times in all (the base eval is draw 0), each with its own
+    # sampler seed, and report the share of eval episodes (initial states) solved in at least
+    # one draw: what the base can do there under some noise, a guide to what steering it can reach
     base_draws: int = 0
     out_root: str = "runs/bench"
 
@@ -105,8 +105,9 @@ def run(cfg: Config) -> dict[str, Any]:
         base = task.base or _earlier_base(earlier, task.name) or _train_base(task, out)
         run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
         entry: dict[str, Any] = {"base": str(base), "runs": {}}
+        digest = _weights_digest(base, f"task {task.name!r}") if earlier else None
         for path, bench in earlier:
-            for key, run in _previous_runs(path, bench, task.name, base, run_here).items():
+            for key, run in _previous_runs(path, bench, task.name, digest, run_here).items():
                 if key in entry["runs"] and entry["runs"][key]["from"] == run["from"]:
                     continue  # the same run, brought in by two benches
                 if key in entry["runs"]:
@@ -198,18 +199,18 @@ def _earlier_base(earlier: list[tuple[Path, dict]], task: str) -> str | None:
     return next((b["tasks"][task]["base"] for _, b in earlier if task in b.get("tasks", {})), None)
 
 
-def _previous_runs(path: Path, bench: dict, task: str, base: Path | str, exclude) -> dict:
+def _previous_runs(path: Path, bench: dict, task: str, base_digest: str, exclude) -> dict:
     """The runs of ``task`` in an earlier bench, except methods in ``exclude``; refused when
-    that bench's base differs from ``base`` (curves from another starting point would mislead)."""
+    that bench's base weights differ from this bench's (``base_digest``): curves from another
+    starting point would mislead."""
     entry = bench.get("tasks", {}).get(task)
     if entry is None:
         print(f"[bench] previous: {path} has no task {task!r}")
         return {}
     context = f"previous: {path}, task {task!r}"
-    if _weights_digest(entry["base"], context) != _weights_digest(base, context):
+    if _weights_digest(entry["base"], context) != base_digest:
         raise ConfigError(
-            f"{context} ran from base {entry['base']}, whose weights differ from this bench's "
-            f"base {base}"
+            f"{context} ran from base {entry['base']}, whose weights differ from this bench's base"
         )
     return {  # "from": the bench that made the run (an earlier import keeps its origin)
         key: {**run, "from": run.get("from", str(path))}

@@ -7,6 +7,8 @@ from typing import Any
 
 from robopolicy.rl.agent_config import AgentConfig
 
+NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
+
 METHODS = ("residual", "dsrl_sac", "dsrl_na", "scratch")
 BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na")  # methods that wrap a frozen BC policy
 
@@ -86,8 +88,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             "residual_gripper_by_critic: only for method residual, and not together with "
             f"residual_gripper_gain (got method {cfg.method}, gain {cfg.residual_gripper_gain})"
         )
-    if cfg.dsrl_noise not in ("chunk", "executed"):
-        raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in ('chunk', 'executed')")
+    if cfg.dsrl_noise not in NOISE_SPANS:
+        raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in {NOISE_SPANS}")
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":
         raise ValueError(
             "agent.explore_correlation shapes TD3's exploration noise; SAC explores by its "
