@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from robopolicy.sim.agents import ExpertAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
@@ -75,3 +76,25 @@ def test_tasks_without_a_success_signal_are_summarised_by_return() -> None:
     assert summary["success_signal"] is False and summary["mean_episode_length"] == 200
     line = summary_line(summary)
     assert "success" not in line and "mean return" in line
+
+
+class TorchRandomAgent(ZeroAgent):
+    """Actions drawn from torch's global RNG, like a diffusion policy's noise."""
+
+    name = "torch-random"
+
+    def act(self, obs, envs):
+        return torch.rand(envs.num_envs, *self.action_shape).numpy() * 4 - 2
+
+
+def test_eval_seeds_the_agents_sampling_and_restores_the_callers_rng() -> None:
+    kwargs = dict(n_episodes=2, num_envs=1, progress=False)
+    torch.manual_seed(123)
+    first = evaluate("Pendulum-v1", TorchRandomAgent(), **kwargs)
+    after_eval = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after_eval, torch.rand(3))  # the caller's stream did not move
+    again = evaluate("Pendulum-v1", TorchRandomAgent(), **kwargs)
+    assert again["per_episode"] == first["per_episode"]
+    other = evaluate("Pendulum-v1", TorchRandomAgent(), sampler_seed=7, **kwargs)
+    assert other["per_episode"] != first["per_episode"]

@@ -145,13 +145,14 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
     """The base's final-size eval with its sampler seeded (the envs' seeds are the eval seeds),
-    so the base's figure repeats from one bench to the next; the global RNG is restored."""
+    so the base's figure repeats from one bench to the next. The global RNG is restored: the
+    eval restores its own, and loading the checkpoint draws initial weights before it."""
     with torch.random.fork_rng():
-        torch.manual_seed(sampler_seed)
         return run_eval_config(
             EvalConfig(
                 checkpoint=str(base),
                 n_episodes=cfg.final_eval_episodes,
+                sampler_seed=sampler_seed,
                 video_episodes=0,
                 out_dir=str(out),
             )

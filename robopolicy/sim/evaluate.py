@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from robopolicy.config import ConfigError, to_dict
@@ -35,11 +36,17 @@ def evaluate(
     out_dir: str | Path | None = None,
     video_episodes: int = 2,
     progress: bool = True,
+    sampler_seed: int | None = None,
 ) -> dict[str, Any]:
     """Run ``n_episodes`` episodes with seeds ``seed, seed+1, ...`` and summarise them.
 
     The default seeds start at 100000, away from the seeds data collection uses (0, 1, ...),
     so an evaluation never replays the initial states of the training demonstrations.
+
+    The agent's own randomness (a diffusion policy's noise, a stochastic actor's draws) comes
+    from torch seeded with ``sampler_seed`` (default ``seed``), so the same agent on the same
+    seeds scores the same every time; the caller's torch RNG is restored afterwards, so an eval
+    during training does not shift the training's random stream.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
@@ -54,9 +61,13 @@ def evaluate(
     start = time.perf_counter()
     records = []
     try:
-        episodes = run_episodes(envs, agent, seeds, video_episodes=video_episodes, timing=timing)
-        for record in tqdm(episodes, total=n_episodes, desc=f"eval {env_id}", disable=not progress):
-            records.append(record)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed if sampler_seed is None else sampler_seed)
+            episodes = run_episodes(
+                envs, agent, seeds, video_episodes=video_episodes, timing=timing
+            )
+            bar = tqdm(episodes, total=n_episodes, desc=f"eval {env_id}", disable=not progress)
+            records.extend(bar)
         fps = int(envs.metadata.get("render_fps", 10))
     finally:
         envs.close()
@@ -124,6 +135,7 @@ class EvalConfig:
     noise: float = 0.0
     n_episodes: int = 50
     seed: int = 100_000
+    sampler_seed: int | None = None  # torch seed of the agent's sampling; default: seed
     num_envs: int = 2
     video_episodes: int = 2
     out_dir: str | None = None
@@ -184,5 +196,6 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         env_kwargs=dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"}),
         out_dir=out_dir,
         video_episodes=cfg.video_episodes,
+        sampler_seed=cfg.sampler_seed,
     )
     return {**summary, "out_dir": out_dir}
