@@ -25,7 +25,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
@@ -145,18 +144,16 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
     """The base's final-size eval with its sampler seeded (the envs' seeds are the eval seeds),
-    so the base's figure repeats from one bench to the next. The global RNG is restored: the
-    eval restores its own, and loading the checkpoint draws initial weights before it."""
-    with torch.random.fork_rng():
-        return run_eval_config(
-            EvalConfig(
-                checkpoint=str(base),
-                n_episodes=cfg.final_eval_episodes,
-                sampler_seed=sampler_seed,
-                video_episodes=0,
-                out_dir=str(out),
-            )
+    so the base's figure repeats from one bench to the next (the global RNG is left as it was)."""
+    return run_eval_config(
+        EvalConfig(
+            checkpoint=str(base),
+            n_episodes=cfg.final_eval_episodes,
+            sampler_seed=sampler_seed,
+            video_episodes=0,
+            out_dir=str(out),
         )
+    )
 
 
 def _base_support(base: Path | str, cfg: Config, out: Path, first: dict) -> dict[str, Any]:

@@ -168,6 +168,13 @@ def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution)
 
 
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
+    """Load the agent and evaluate it; the caller's torch RNG is left as it was (building the
+    policy before its weights are loaded draws from it, and ``evaluate`` restores its own)."""
+    with torch.random.fork_rng():
+        return _run_eval_config(cfg)
+
+
+def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     env_id, env_kwargs, out_dir = cfg.env_id, cfg.env_kwargs, cfg.out_dir
     if cfg.checkpoint is not None:
         from robopolicy.checkpoint import read_config, read_meta, resolve_checkpoint
