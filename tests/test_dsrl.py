@@ -19,7 +19,6 @@ from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP, noise_dim
 from robopolicy.rl.finetune import finetune
 from robopolicy.rl.mdp import seed_stream
-from robopolicy.rl.replay import Batch
 
 
 class CountingEnv(gym.Env):
@@ -141,42 +140,6 @@ def test_distillation_moves_q_w_toward_q_a() -> None:
     for _ in range(300):
         learner.distill(obs[torch.randint(0, 512, (64,))])
     assert gap() < 0.1 * before
-
-
-def test_policy_noise_distillation_reuses_the_td_targets_decode() -> None:
-    """With distill_policy_noise, Q^W also fits Q^A at the actor's own next-state noise, and
-    an update decodes no more batches than without it (the TD target's and the N(0, I) one)."""
-    torch.manual_seed(0)
-    learner = _na_learner(bound=1.5)
-    learner.distill_policy_noise = True
-    decodes = []
-    decode = learner.decode
-    learner.decode = lambda s, w: decodes.append(len(w)) or decode(s, w)
-    obs = torch.randn(64, 3)
-    batch = Batch(
-        obs=obs,
-        actions=torch.tanh(torch.randn(64, 2)),
-        returns=-torch.ones(64),
-        next_obs=torch.randn(64, 3),
-        discount=torch.full((64,), 0.99),
-    )
-
-    def policy_gap() -> float:
-        with torch.no_grad():
-            noise = learner.actor(batch.next_obs)[0]
-            q_a = learner.critic(batch.next_obs, decode(batch.next_obs, noise))
-            return float(((learner.noise_critic(batch.next_obs, noise) - q_a) ** 2).mean())
-
-    distilled_rows = []
-    learner.noise_critic.register_forward_hook(
-        lambda module, inputs, output: distilled_rows.append(len(inputs[0]))
-    )
-    before = policy_gap()
-    for _ in range(200):
-        learner.update(batch)
-    assert decodes == [64, 64] * 200
-    assert distilled_rows.count(128) == 200  # 64 N(0, I) rows + 64 of the actor's next-state noise
-    assert policy_gap() < 0.1 * before
 
 
 @pytest.mark.parametrize(

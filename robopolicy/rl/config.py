@@ -40,9 +40,6 @@ class FinetuneConfig:
     # DSRL: the agent chooses the noise of the whole predicted chunk (chunk: H x A, as DSRL)
     # or of the executed steps only, the rest held at zero (executed: action_horizon x A)
     dsrl_noise: str = "chunk"
-    # DSRL-NA: distil Q^W also on the actor's own noise at the next states (decoded anyway by
-    # the TD target), not only on DSRL's N(0, I) noise
-    dsrl_distill_policy_noise: bool = False
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from

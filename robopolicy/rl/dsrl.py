@@ -178,61 +178,28 @@ class NoiseMDP(MDP):
 
 class NoiseAliasingLearner(Learner):
     """DSRL-NA: the ``Learner``'s SAC critic is Q^A over executed chunks (its
-    ``critic_action`` decodes noise into chunks); the actor learns from a distilled Q^W.
+    ``critic_action`` decodes noise into chunks); the actor learns from a distilled Q^W."""
 
-    ``distill_policy_noise``: besides DSRL's fresh N(0, I) noise, distil Q^W on the noise the
-    actor itself draws at s' (which the TD target has just decoded, so it costs no decode).
-    N(0, I) samples in 64 dims lie near the sphere of radius 8; the actor's noise need not,
-    and it is there that the actor reads Q^W."""
-
-    def __init__(
-        self,
-        cfg: AgentConfig,
-        obs_dim: int,
-        noise_dim: int,
-        chunk_dim: int,
-        decode,
-        distill_policy_noise: bool = False,
-    ):
+    def __init__(self, cfg: AgentConfig, obs_dim: int, noise_dim: int, chunk_dim: int, decode):
         if cfg.algo != "sac":
             raise ValueError(f"DSRL-NA is built on SAC; agent.algo is {cfg.algo!r}")
-        super().__init__(
-            cfg, obs_dim, noise_dim, critic_action_dim=chunk_dim, critic_action=self._decode_kept
-        )
-        self.decode = decode
-        self.distill_policy_noise = distill_policy_noise
-        self._last_decoded: tuple[Tensor, Tensor, Tensor] | None = None
+        super().__init__(cfg, obs_dim, noise_dim, critic_action_dim=chunk_dim, critic_action=decode)
         self.noise_critic = CriticEnsemble(
             obs_dim, noise_dim, cfg.critic_heads, cfg.hidden_dim, cfg.num_layers
         )
         self.noise_critic_optim = torch.optim.Adam(self.noise_critic.parameters(), lr=cfg.critic_lr)
 
-    def _decode_kept(self, obs: Tensor, noise: Tensor) -> Tensor:
-        """pi_dp(s, w), remembering the triple for on-policy distillation."""
-        chunk = self.decode(obs, noise)
-        self._last_decoded = (obs, noise, chunk)
-        return chunk
-
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
-        self._last_decoded = None
-        metrics = super().update(batch, update_actor)  # Q^A by TD (decodes w' ~ pi(s'))
-        policy_pairs = self._last_decoded if self.distill_policy_noise else None
-        metrics.update(self.distill(batch.obs, policy_pairs))
+        metrics = super().update(batch, update_actor)  # Q^A by TD; the actor on Q^W
+        metrics.update(self.distill(batch.obs))
         return metrics
 
-    def distill(
-        self, obs: Tensor, policy_pairs: tuple[Tensor, Tensor, Tensor] | None = None
-    ) -> dict[str, float]:
-        """Q^W_i(s, w) -> Q^A_i(s, pi_dp(s, w)) head to head, w ~ N(0, I) within [-m, m],
-        plus ``policy_pairs`` (states, noises, their decoded chunks) when given."""
+    def distill(self, obs: Tensor) -> dict[str, float]:
+        """Q^W_i(s, w) -> Q^A_i(s, pi_dp(s, w)) head to head, w ~ N(0, I) within [-m, m]."""
         m = self.cfg.action_scale
         noise = torch.randn(obs.shape[0], self.action_dim).clamp(-m, m)
-        chunk = self.critic_action(obs, noise)
-        if policy_pairs is not None:
-            pairs = zip((obs, noise, chunk), policy_pairs, strict=True)
-            obs, noise, chunk = (torch.cat(pair) for pair in pairs)
         with torch.no_grad():
-            target = self.critic(obs, chunk)
+            target = self.critic(obs, self.critic_action(obs, noise))
         loss = 0.5 * ((self.noise_critic(obs, noise) - target) ** 2).mean(dim=1).sum()
         _step(self.noise_critic_optim, loss, self.noise_critic, self.cfg.grad_clip)
         return {"distill_loss": loss.item() / self.cfg.critic_heads}

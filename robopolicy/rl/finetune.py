@@ -291,12 +291,7 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
 def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
     if cfg.method == "dsrl_na":
         return NoiseAliasingLearner(
-            cfg.agent,
-            mdp.obs_dim,
-            mdp.action_dim,
-            mdp.critic_action_dim,
-            mdp.critic_action,
-            distill_policy_noise=cfg.dsrl_distill_policy_noise,
+            cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
         )
     return Learner(
         cfg.agent,
