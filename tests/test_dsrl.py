@@ -16,7 +16,7 @@ from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.rl.actors import load_rl_agent
 from robopolicy.rl.agent_config import AgentConfig
 from robopolicy.rl.config import FinetuneConfig
-from robopolicy.rl.dsrl import DistillPool, NoiseAliasingLearner, NoiseBase, NoiseMDP, noise_dim
+from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP, noise_dim
 from robopolicy.rl.finetune import finetune
 from robopolicy.rl.mdp import seed_stream
 
@@ -42,16 +42,12 @@ class CountingEnv(gym.Env):
         return obs, 1.0, done, False, {"is_success": done}
 
 
-def _mdp(chunk_critic: bool = False, pool_per_state: int = 0) -> NoiseMDP:
+def _mdp(chunk_critic: bool = False) -> NoiseMDP:
     envs = gym.vector.SyncVectorEnv(
         [CountingEnv, CountingEnv], autoreset_mode=gym.vector.AutoresetMode.DISABLED
     )
     base = NoiseBase(tiny_policy("diffusion", "mlp"), num_envs=2)
-    pool = None
-    if pool_per_state:
-        dims = (base.feature_dim, base.noise_dim, base.chunk_dim)
-        pool = DistillPool(*dims, per_state=pool_per_state, bound=1.5, capacity=100)
-    return NoiseMDP(envs, seed_stream(0), base, chunk_critic, distill_pool=pool)
+    return NoiseMDP(envs, seed_stream(0), base, chunk_critic=chunk_critic)
 
 
 def test_same_noise_gives_the_same_chunk() -> None:
@@ -105,25 +101,17 @@ def test_noise_aliasing_critic_scores_the_executed_chunk() -> None:
     assert torch.equal(step.critic_action, mdp.base.decode(state, noise))
 
 
-def _toy_decode(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.tanh(w[:, :2] + s[:, :2])
-
-
-def _na_learner(bound: float, pool: DistillPool | None = None) -> NoiseAliasingLearner:
+def _na_learner(bound: float) -> NoiseAliasingLearner:
     cfg = AgentConfig(
         algo="sac", hidden_dim=32, critic_heads=2, batch_size=32, action_scale=bound, critic_lr=3e-3
     )
     return NoiseAliasingLearner(
-        cfg, obs_dim=3, noise_dim=4, chunk_dim=2, decode=_toy_decode, pool=pool
+        cfg,
+        obs_dim=3,
+        noise_dim=4,
+        chunk_dim=2,
+        decode=lambda s, w: torch.tanh(w[:, :2] + s[:, :2]),
     )
-
-
-def _filled_pool(obs: torch.Tensor, per_state: int = 4, bound: float = 1.5) -> DistillPool:
-    """A pool holding ``obs`` with ``per_state`` decoded noises each, as NoiseMDP fills it."""
-    pool = DistillPool(3, 4, 2, per_state, bound, capacity=len(obs))
-    noise = pool.draw_noise(len(obs))
-    pool.add(obs, noise, _toy_decode(obs.repeat_interleave(per_state, dim=0), noise))
-    return pool
 
 
 def test_both_variants_respect_the_noise_bound() -> None:
@@ -137,11 +125,10 @@ def test_both_variants_respect_the_noise_bound() -> None:
     assert actions.abs().max() <= 0.5
 
 
-@pytest.mark.parametrize("pooled", [False, True])
-def test_distillation_moves_q_w_toward_q_a(pooled: bool) -> None:
+def test_distillation_moves_q_w_toward_q_a() -> None:
     torch.manual_seed(0)
+    learner = _na_learner(bound=1.5)
     obs = torch.randn(512, 3)
-    learner = _na_learner(bound=1.5, pool=_filled_pool(obs) if pooled else None)
 
     def gap() -> float:
         noise = torch.randn(512, 4).clamp(-1.5, 1.5)
@@ -153,64 +140,6 @@ def test_distillation_moves_q_w_toward_q_a(pooled: bool) -> None:
     for _ in range(300):
         learner.distill(obs[torch.randint(0, 512, (64,))])
     assert gap() < 0.1 * before
-
-
-def test_the_pool_stores_each_visited_state_with_its_decoded_noises() -> None:
-    mdp = _mdp(chunk_critic=True, pool_per_state=3)
-    state = mdp.reset()
-    noise = torch.randn(2, mdp.action_dim)
-    step = mdp.step(noise)
-    # decoding the pool's noises in the same call leaves the executed chunks as they were
-    torch.testing.assert_close(step.critic_action, mdp.base.decode(state, noise))
-    pool = mdp.distill_pool
-    assert len(pool) == 2 and torch.equal(pool.obs[:2], state)
-    assert pool.noise[:2].abs().max() <= 1.5
-    for i in range(2):
-        torch.testing.assert_close(pool.chunk[i], mdp.base.decode(state[[i, i, i]], pool.noise[i]))
-    obs, w, chunk = pool.sample(16)
-    assert obs.shape == (16, mdp.obs_dim) and w.shape == (16, mdp.action_dim)
-    assert chunk.shape == (16, mdp.base.chunk_dim)
-
-
-def test_the_pool_is_a_ring_and_round_trips_through_training_state() -> None:
-    pool = DistillPool(3, 4, 2, per_state=2, bound=1.0, capacity=3)
-    for start in (0, 2, 4):  # 6 states through 3 rows: the oldest 3 are overwritten
-        obs = torch.arange(start, start + 2, dtype=torch.float32)[:, None].repeat(1, 3)
-        noise = pool.draw_noise(2)
-        pool.add(obs, noise, _toy_decode(obs.repeat_interleave(2, dim=0), noise))
-    assert len(pool) == 3 and pool.cursor == 0
-    assert sorted(pool.obs[:, 0].tolist()) == [3.0, 4.0, 5.0]
-    learner = _na_learner(bound=1.0, pool=pool)
-    state = learner.training_state()
-    resumed = _na_learner(bound=1.0, pool=DistillPool(3, 4, 2, 2, 1.0, capacity=3))
-    resumed.load_training_state(state)
-    for name in DistillPool.FIELDS:
-        assert torch.equal(getattr(resumed.pool, name), getattr(pool, name))
-    del state["distill_pool"]
-    with pytest.raises(ValueError, match="no distillation pool"):
-        _na_learner(bound=1.0, pool=DistillPool(3, 4, 2, 2, 1.0, capacity=3)).load_training_state(
-            state
-        )
-    with pytest.raises(ValueError, match="does not fit"):
-        DistillPool(3, 4, 2, per_state=5, bound=1.0, capacity=3).load_state_dict(pool.state_dict())
-
-
-def test_pool_options_are_for_dsrl_na_only() -> None:
-    from robopolicy.rl.config import validate_finetune_config
-
-    agent = AgentConfig(algo="sac")
-    with pytest.raises(ValueError, match="distillation of DSRL-NA; method is dsrl_sac"):
-        validate_finetune_config(
-            FinetuneConfig(
-                method="dsrl_sac", base="b", demo_fraction=0, dsrl_distill_pool=4, agent=agent
-            )
-        )
-    with pytest.raises(ValueError, match="dsrl_distill_steps >= 1"):
-        validate_finetune_config(
-            FinetuneConfig(
-                method="dsrl_na", base="b", demo_fraction=0, dsrl_distill_steps=0, agent=agent
-            )
-        )
 
 
 @pytest.mark.parametrize(
@@ -311,31 +240,3 @@ def _serve_and_compare(checkpoint: str, method: str) -> None:
             np.testing.assert_allclose(served, expected, atol=1e-5)
         with pytest.raises(ServerError, match="send 'act' messages"):
             client.chunk({k: v[None].repeat(2, 0) for k, v in obs.items()})
-
-
-def test_pooled_dsrl_na_checkpoints_its_pool_and_resumes(tiny_run, tmp_path) -> None:
-    run_dir = tmp_path / "pooled"
-    overrides = [
-        "method=dsrl_na",
-        f"base={tiny_run}",
-        f"run_dir={run_dir}",
-        "env_steps=64",
-        "warmup_steps=16",
-        "save_every=32",
-        "eval_every=0",
-        "final_eval_episodes=2",
-        "demo_fraction=0",
-        "num_threads=1",
-        "dsrl_distill_pool=2",
-        "dsrl_distill_steps=2",
-        "agent.algo=sac",
-        "agent.hidden_dim=16",
-        "agent.critic_heads=2",
-        "agent.batch_size=8",
-    ]
-    result = finetune(load_config(None, FinetuneConfig, overrides))
-    saved = sorted((run_dir / "checkpoints").glob("00*"))
-    assert [p.name for p in saved][0] == "0000032"
-    assert (saved[0] / "training_state" / "distill_pool.safetensors").is_file()
-    resumed = finetune(load_config(None, FinetuneConfig, [f"resume={saved[0]}"]))
-    assert resumed["env_steps"] == result["env_steps"] >= 64

@@ -40,11 +40,6 @@ class FinetuneConfig:
     # DSRL: the agent chooses the noise of the whole predicted chunk (chunk: H x A, as DSRL)
     # or of the executed steps only, the rest held at zero (executed: action_horizon x A)
     dsrl_noise: str = "chunk"
-    # DSRL-NA: decode this many N(0, I) noises (within the bound) per visited state when it is
-    # visited and distil Q^W from those stored pairs, instead of decoding fresh noise in every
-    # update (exact, as the base is frozen; ~40% less time per update on a CPU). 0: fresh.
-    dsrl_distill_pool: int = 0
-    dsrl_distill_steps: int = 1  # DSRL-NA: distillation steps per update (DSRL: 10 per block)
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
@@ -95,16 +90,6 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         )
     if cfg.dsrl_noise not in NOISE_SPANS:
         raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in {NOISE_SPANS}")
-    if cfg.dsrl_distill_pool < 0 or cfg.dsrl_distill_steps < 1:
-        raise ValueError(
-            f"dsrl_distill_pool must be >= 0 and dsrl_distill_steps >= 1, got "
-            f"{cfg.dsrl_distill_pool} and {cfg.dsrl_distill_steps}"
-        )
-    if (cfg.dsrl_distill_pool or cfg.dsrl_distill_steps != 1) and cfg.method != "dsrl_na":
-        raise ValueError(
-            f"dsrl_distill_pool and dsrl_distill_steps set the distillation of DSRL-NA; "
-            f"method is {cfg.method}"
-        )
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":
         raise ValueError(
             "agent.explore_correlation shapes TD3's exploration noise; SAC explores by its "

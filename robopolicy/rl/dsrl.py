@@ -18,10 +18,6 @@ TD, distils Q^W(s, w) from it with fresh noise, and trains the noise actor on Q^
     Q^W:   w ~ N(0, I) clipped to [-m, m];  L = 1/2 sum_i (Q^W_i(s, w) - sg Q^A_i(s, pi_dp(s, w)))^2
     actor: L = alpha log pi(w|s) - min_i Q^W_i(s, w),  w ~ pi(.|s)  (bounded by m like the data)
 
-The distillation pairs (s, w, pi_dp(s, w)) are decoded in every update, or, with a
-``DistillPool``, once, when s is visited: the base is frozen, so the stored chunk is the one a
-fresh decode would give, and the update is left with one decode (the TD target's) instead of two.
-
 Avoided on purpose (bugs of the reference code, see ANCHORS.md): the noise is denoised once per
 step, distillation noise honours the bound m, and env steps count every executed action.
 """
@@ -122,85 +118,6 @@ class NoiseBase:
         return full
 
 
-class DistillPool:
-    """DSRL-NA's distillation data, decoded when a state is visited: for every agent state s,
-    ``per_state`` noises w ~ N(0, I) clipped to [-m, m] and their executed chunks pi_dp(s, w).
-
-    Why: on a CPU the base's denoising chain is most of an NA update, and half of it was the
-    distillation's decode of fresh noise. Decoding ``per_state`` noises per visited state (in
-    the same call as the executed chunk) costs far less than 2 x batch_size per update; the
-    price is that each (s, w) pair is reused across updates rather than drawn afresh.
-    A ring buffer of ``capacity`` states, oldest overwritten first, like the replay buffer."""
-
-    FIELDS = ("obs", "noise", "chunk")
-
-    def __init__(
-        self,
-        obs_dim: int,
-        noise_dim: int,
-        chunk_dim: int,
-        per_state: int,
-        bound: float,
-        capacity: int,
-    ) -> None:
-        if per_state < 1 or capacity < 1:
-            raise ValueError(
-                f"DistillPool: per_state {per_state} and capacity {capacity} must be >= 1"
-            )
-        self.per_state, self.bound, self.capacity = per_state, bound, capacity
-        # torch.empty: pages are only touched, and so only count, as states arrive
-        self.obs = torch.empty(capacity, obs_dim)
-        self.noise = torch.empty(capacity, per_state, noise_dim)
-        self.chunk = torch.empty(capacity, per_state, chunk_dim)
-        self.cursor = 0  # next row to write
-        self.filled = 0
-
-    def __len__(self) -> int:
-        return self.filled
-
-    def draw_noise(self, num_states: int) -> Tensor:
-        """Fresh bounded noise for ``num_states`` states, (num_states * per_state, noise_dim)."""
-        noise = torch.randn(num_states * self.per_state, self.noise.shape[-1])
-        return noise.clamp(-self.bound, self.bound)
-
-    def add(self, obs: Tensor, noise: Tensor, chunk: Tensor) -> None:
-        """``obs`` (n, obs_dim); ``noise`` and ``chunk`` as ``draw_noise`` laid them out,
-        state by state: (n * per_state, dim)."""
-        n = obs.shape[0]
-        rows = (self.cursor + torch.arange(n)) % self.capacity
-        self.obs[rows] = obs
-        self.noise[rows] = noise.reshape(n, self.per_state, -1)
-        self.chunk[rows] = chunk.reshape(n, self.per_state, -1)
-        self.cursor = int(rows[-1] + 1) % self.capacity
-        self.filled = min(self.filled + n, self.capacity)
-
-    def sample(self, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(s, w, pi_dp(s, w)) for ``batch_size`` stored states and one of each one's noises."""
-        if self.filled == 0:
-            raise ValueError("DistillPool: cannot sample before any state was added")
-        rows = torch.randint(0, self.filled, (batch_size,))
-        k = torch.randint(0, self.per_state, (batch_size,))
-        return self.obs[rows], self.noise[rows, k], self.chunk[rows, k]
-
-    def state_dict(self) -> dict[str, Tensor]:
-        state = {name: getattr(self, name)[: self.filled].clone() for name in self.FIELDS}
-        state["cursor"] = torch.tensor(self.cursor)
-        state["filled"] = torch.tensor(self.filled)
-        return state
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        filled = int(state["filled"])
-        if filled > self.capacity or state["noise"].shape[1:] != self.noise.shape[1:]:
-            raise ValueError(
-                f"distillation pool of shape {tuple(state['noise'].shape)} does not fit one of "
-                f"{self.capacity} states x {tuple(self.noise.shape[1:])}"
-            )
-        for name in self.FIELDS:
-            getattr(self, name)[:filled] = state[name]
-        self.filled = filled
-        self.cursor = int(state["cursor"])
-
-
 class NoiseMDP(MDP):
     """Agent actions are noises; one MDP step executes one chunk in each sub-env.
 
@@ -209,12 +126,7 @@ class NoiseMDP(MDP):
     """
 
     def __init__(
-        self,
-        envs: gym.vector.SyncVectorEnv,
-        seeds,
-        base: NoiseBase,
-        chunk_critic: bool,
-        distill_pool: DistillPool | None = None,
+        self, envs: gym.vector.SyncVectorEnv, seeds, base: NoiseBase, chunk_critic: bool
     ) -> None:
         super().__init__(envs, seeds)
         if not hasattr(envs, "envs"):
@@ -224,7 +136,6 @@ class NoiseMDP(MDP):
         self.action_dim = base.noise_dim
         self.chunk_critic = chunk_critic  # DSRL-NA: the critic scores executed chunks
         self.critic_action_dim = base.chunk_dim if chunk_critic else base.noise_dim
-        self.distill_pool = distill_pool  # DSRL-NA: filled with each visited state's decodes
 
     def critic_action(self, state: Tensor, action: Tensor) -> Tensor:
         return self.base.decode(state, action) if self.chunk_critic else action
@@ -237,21 +148,9 @@ class NoiseMDP(MDP):
         self.base.push(obs, rows)
         return self.base.features(rows)
 
-    def _decode(self, action: Tensor) -> Tensor:
-        """The chunks of ``action`` in the current states; with a distillation pool, the
-        pool's noises for these states are decoded in the same call and stored."""
-        pool, n = self.distill_pool, action.shape[0]
-        if pool is None:
-            return self.base.decode(self._state, action)
-        noise = pool.draw_noise(n)
-        states = torch.cat([self._state, self._state.repeat_interleave(pool.per_state, dim=0)])
-        chunks = self.base.decode(states, torch.cat([action, noise]))
-        pool.add(self._state, noise, chunks[n:])
-        return chunks[:n]
-
     def step(self, action: Tensor) -> Step:
         n, horizon, dim = self.num_envs, self.base.action_horizon, self.base.policy.action_dim
-        chunks = self._decode(action)  # denoised once per agent step
+        chunks = self.base.decode(self._state, action)  # denoised once per agent step
         reward = torch.zeros(n)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
@@ -279,29 +178,12 @@ class NoiseMDP(MDP):
 
 class NoiseAliasingLearner(Learner):
     """DSRL-NA: the ``Learner``'s SAC critic is Q^A over executed chunks (its
-    ``critic_action`` decodes noise into chunks); the actor learns from a distilled Q^W.
+    ``critic_action`` decodes noise into chunks); the actor learns from a distilled Q^W."""
 
-    ``distill_steps`` distillation steps follow each update (DSRL: 10 per block of updates);
-    with a ``pool`` they take stored decodes, else they decode fresh noise at the batch's states.
-    """
-
-    def __init__(
-        self,
-        cfg: AgentConfig,
-        obs_dim: int,
-        noise_dim: int,
-        chunk_dim: int,
-        decode,
-        pool: DistillPool | None = None,
-        distill_steps: int = 1,
-    ):
+    def __init__(self, cfg: AgentConfig, obs_dim: int, noise_dim: int, chunk_dim: int, decode):
         if cfg.algo != "sac":
             raise ValueError(f"DSRL-NA is built on SAC; agent.algo is {cfg.algo!r}")
-        if distill_steps < 1:
-            raise ValueError(f"DSRL-NA needs distill_steps >= 1, got {distill_steps}")
         super().__init__(cfg, obs_dim, noise_dim, critic_action_dim=chunk_dim, critic_action=decode)
-        self.pool = pool
-        self.distill_steps = distill_steps
         self.noise_critic = CriticEnsemble(
             obs_dim, noise_dim, cfg.critic_heads, cfg.hidden_dim, cfg.num_layers
         )
@@ -313,35 +195,14 @@ class NoiseAliasingLearner(Learner):
         return metrics
 
     def distill(self, obs: Tensor) -> dict[str, float]:
-        """Q^W_i(s, w) -> Q^A_i(s, pi_dp(s, w)) head to head, w ~ N(0, I) within [-m, m]:
-        ``distill_steps`` steps, on the pool's stored pairs or on fresh noise at ``obs``."""
-        losses = []
-        for _ in range(self.distill_steps):
-            if self.pool is not None:
-                states, noise, chunks = self.pool.sample(obs.shape[0])
-            else:
-                m = self.cfg.action_scale
-                states, noise = obs, torch.randn(obs.shape[0], self.action_dim).clamp(-m, m)
-                chunks = self.critic_action(obs, noise)
-            with torch.no_grad():
-                target = self.critic(states, chunks)
-            loss = 0.5 * ((self.noise_critic(states, noise) - target) ** 2).mean(dim=1).sum()
-            _step(self.noise_critic_optim, loss, self.noise_critic, self.cfg.grad_clip)
-            losses.append(loss.item())
-        return {"distill_loss": float(np.mean(losses)) / self.cfg.critic_heads}
-
-    def training_state(self) -> dict:
-        state = super().training_state()
-        if self.pool is not None:
-            state["distill_pool"] = self.pool.state_dict()
-        return state
-
-    def load_training_state(self, state: dict) -> None:
-        super().load_training_state(state)
-        if self.pool is not None:
-            if "distill_pool" not in state:
-                raise ValueError("the checkpoint has no distillation pool, but this run keeps one")
-            self.pool.load_state_dict(state["distill_pool"])
+        """Q^W_i(s, w) -> Q^A_i(s, pi_dp(s, w)) head to head, w ~ N(0, I) within [-m, m]."""
+        m = self.cfg.action_scale
+        noise = torch.randn(obs.shape[0], self.action_dim).clamp(-m, m)
+        with torch.no_grad():
+            target = self.critic(obs, self.critic_action(obs, noise))
+        loss = 0.5 * ((self.noise_critic(obs, noise) - target) ** 2).mean(dim=1).sum()
+        _step(self.noise_critic_optim, loss, self.noise_critic, self.cfg.grad_clip)
+        return {"distill_loss": loss.item() / self.cfg.critic_heads}
 
     def _sac_actor_q(self, obs: Tensor, noise: Tensor) -> Tensor:
         """The noise actor learns from the distilled Q^W, not through the decoder."""

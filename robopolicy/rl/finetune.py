@@ -33,7 +33,7 @@ from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
-from robopolicy.rl.dsrl import DistillPool, NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
+from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
@@ -284,30 +284,14 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
         return ResidualMDP(envs, seeds, base)
     if cfg.method.startswith("dsrl"):
         base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims, cfg.dsrl_noise)
-        pool = None
-        if cfg.dsrl_distill_pool:  # written by the MDP as states are visited, read by the learner
-            pool = DistillPool(
-                base.feature_dim,
-                base.noise_dim,
-                base.chunk_dim,
-                cfg.dsrl_distill_pool,
-                cfg.agent.action_scale,
-                capacity=cfg.buffer_capacity,
-            )
-        return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na", distill_pool=pool)
+        return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
     return FlatMDP(envs, seeds, setup.obs_keys)
 
 
 def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
     if cfg.method == "dsrl_na":
         return NoiseAliasingLearner(
-            cfg.agent,
-            mdp.obs_dim,
-            mdp.action_dim,
-            mdp.critic_action_dim,
-            mdp.critic_action,
-            pool=mdp.distill_pool,
-            distill_steps=cfg.dsrl_distill_steps,
+            cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
         )
     return Learner(
         cfg.agent,
