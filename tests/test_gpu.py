@@ -7,7 +7,12 @@ import pytest
 import torch
 from bc_fixtures import tiny_train_config
 
-from robopolicy.checkpoint import load_policy
+from robopolicy.checkpoint import load_policy, read_config
+from robopolicy.config import load_config
+from robopolicy.rl.actors import load_rl_agent
+from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.finetune import finetune
+from robopolicy.sim.evaluate import evaluate
 from robopolicy.sim.vector import make_env
 from robopolicy.training.bc import train_bc
 
@@ -47,3 +52,50 @@ def test_egl_renders_on_the_gpu() -> None:
     env.close()
     assert image.shape == (84, 84, 3) and image.std() > 1.0
     assert "llvmpipe" not in name.lower() and "softpipe" not in name.lower(), name
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("dsrl_na", ["agent.algo=sac", "demo_fraction=0", "agent.action_scale=1.5"]),
+        ("residual", ["agent.algo=td3", "residual_gripper_by_critic=true"]),
+    ],
+)
+def test_cuda_finetune_learns_on_the_gpu_and_its_checkpoint_runs_on_cpu(
+    lift_demos, tmp_path, method, extra
+) -> None:
+    base = tmp_path / "base"
+    train_bc(tiny_train_config(lift_demos, base, "optim.steps=10", "loop.save_every=10"))
+    cfg = load_config(
+        None,
+        FinetuneConfig,
+        [
+            f"method={method}",
+            f"base={base}",
+            f"run_dir={tmp_path / method}",
+            "device=cuda",
+            "env_steps=64",
+            "warmup_steps=16",
+            "critic_warmup_updates=4",
+            "eval_every=32",
+            "eval_episodes=2",
+            "final_eval_episodes=2",
+            "save_every=32",
+            "video_episodes=0",
+            "agent.hidden_dim=16",
+            "agent.batch_size=8",
+            *extra,
+        ],
+    )
+    result = finetune(cfg)
+    assert result["env_steps"] >= 64 and len(result["history"]) >= 2
+    checkpoint = result["checkpoint"]
+    # resumes on the GPU from its first checkpoint (optimiser state moves to the device)
+    first = sorted((tmp_path / method / "checkpoints").glob("00*"))[0]
+    resumed = finetune(load_config(None, FinetuneConfig, [f"resume={first}"]))
+    assert resumed["env_steps"] == result["env_steps"]
+    # and the saved actor runs on a machine without one
+    agent = load_rl_agent(checkpoint, read_config(checkpoint))
+    assert not next(agent.actor.parameters()).is_cuda
+    summary = evaluate("robopolicy/Lift-v0", agent, n_episodes=2, seed=0, progress=False)
+    assert summary["n_episodes"] == 2

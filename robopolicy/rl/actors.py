@@ -56,7 +56,7 @@ class ResidualAgent:
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         actor_obs = self.base.step(obs)
         executed = self.base.executed_action(actor_obs, self.actor(actor_obs))
-        return self.base.env_action(executed).numpy()
+        return self.base.env_action(executed).cpu().numpy()
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -78,10 +78,10 @@ class FlatObsAgent:
 
     @torch.no_grad()
     def act(self, obs, envs: gym.vector.VectorEnv) -> np.ndarray:
-        x = flatten_obs(obs, self.obs_keys)
+        x = flatten_obs(obs, self.obs_keys).to(next(self.actor.parameters()).device)
         if isinstance(self.actor, GaussianActor):  # evaluate SAC's mean action
-            return self.actor(x, deterministic=True)[0].numpy()
-        return self.actor(x).numpy()
+            return self.actor(x, deterministic=True)[0].cpu().numpy()
+        return self.actor(x).cpu().numpy()
 
     def metrics(self) -> dict[str, float]:
         return {}

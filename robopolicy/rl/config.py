@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from robopolicy.rl.agent_config import AgentConfig
 
 NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
@@ -55,10 +57,14 @@ class FinetuneConfig:
     eval_every: int = 5000  # env steps (0: only at the end)
     eval_episodes: int = 20
     final_eval_episodes: int = 50
+    video_episodes: int = 2  # mp4 of the final eval's first episodes (0: none)
     eval_seed: int = 100_000
     save_every: int = 10_000  # env steps (also at the end)
     log_every: int = 1000  # env steps
     num_threads: int = 0  # torch intra-op threads (0: torch's default)
+    # where the networks (base policy, actor, critics) live and learn: cpu, cuda, cuda:N. The
+    # envs and the replay buffer stay on the CPU; batches move to the device per update.
+    device: str = "cpu"
     agent: AgentConfig = field(default_factory=AgentConfig)
 
 
@@ -97,6 +103,24 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         )
     if not 0 <= cfg.demo_fraction < 1:
         raise ValueError(f"demo_fraction must be in [0, 1), got {cfg.demo_fraction}")
+    _validate_device(cfg.device)
+    if cfg.video_episodes < 0:
+        raise ValueError(f"video_episodes must be >= 0, got {cfg.video_episodes}")
     for name in ("env_steps", "num_envs", "buffer_capacity"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def _validate_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only cpu and cuda are supported")

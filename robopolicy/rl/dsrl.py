@@ -98,13 +98,18 @@ class NoiseBase:
 
     @torch.no_grad()
     def features(self, rows: Sequence[int]) -> Tensor:
-        return self.policy.encode_obs(self.histories.stacked(list(rows)))
+        """The encoded histories of ``rows``, on the policy's device."""
+        device = self.policy.device
+        stacked = self.histories.stacked(list(rows))
+        return self.policy.encode_obs({k: v.to(device) for k, v in stacked.items()})
 
     @torch.no_grad()
     def decode(self, features: Tensor, noise: Tensor) -> Tensor:
         """pi_dp(s, w): the executed part of the chunk, (B, action_horizon * A), gripper
-        commands thresholded to +-1 as executed."""
-        chunk = self.policy.chunk_from_features(features, self.full_noise(noise))
+        commands thresholded to +-1 as executed; on the policy's device."""
+        device = self.policy.device
+        noise = self.full_noise(noise.to(device))
+        chunk = self.policy.chunk_from_features(features.to(device), noise)
         executed = chunk[:, self.first : self.first + self.action_horizon]
         return threshold_discrete(executed, self.discrete_dims).flatten(1)
 
@@ -146,11 +151,11 @@ class NoiseMDP(MDP):
     def _observe(self, obs, rows) -> Tensor:
         rows = list(rows)
         self.base.push(obs, rows)
-        return self.base.features(rows)
+        return self.base.features(rows).cpu()
 
     def step(self, action: Tensor) -> Step:
         n, horizon, dim = self.num_envs, self.base.action_horizon, self.base.policy.action_dim
-        chunks = self.base.decode(self._state, action)  # denoised once per agent step
+        chunks = self.base.decode(self._state, action).cpu()  # denoised once per agent step
         reward = torch.zeros(n)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
@@ -167,7 +172,7 @@ class NoiseMDP(MDP):
                 if term or trunc:
                     terminated[i], truncated[i] = bool(term), bool(trunc) and not term
                     break
-        next_state = self.base.features(range(n))
+        next_state = self.base.features(range(n)).cpu()
         start = self._restart(terminated | truncated, next_state)
         self._state = start
         critic_action = chunks if self.chunk_critic else action
@@ -197,7 +202,7 @@ class NoiseAliasingLearner(Learner):
     def distill(self, obs: Tensor) -> dict[str, float]:
         """Q^W_i(s, w) -> Q^A_i(s, pi_dp(s, w)) head to head, w ~ N(0, I) within [-m, m]."""
         m = self.cfg.action_scale
-        noise = torch.randn(obs.shape[0], self.action_dim).clamp(-m, m)
+        noise = torch.randn(obs.shape[0], self.action_dim, device=obs.device).clamp(-m, m)
         with torch.no_grad():
             target = self.critic(obs, self.critic_action(obs, noise))
         loss = 0.5 * ((self.noise_critic(obs, noise) - target) ** 2).mean(dim=1).sum()
@@ -260,9 +265,8 @@ class NoiseAgent:
         if empty:
             features = self.base.features(empty)
             noise = self.actor(features, deterministic=not self.sample_noise)[0]
-            chunks = self.base.decode(features, noise).reshape(
-                len(empty), -1, self.policy.action_dim
-            )
+            chunks = self.base.decode(features, noise).cpu()
+            chunks = chunks.reshape(len(empty), -1, self.policy.action_dim)
             for row, i in enumerate(empty):
                 self.queues[i].extend(chunks[row])
         return torch.stack([queue.popleft() for queue in self.queues]).numpy()

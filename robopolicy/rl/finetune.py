@@ -82,7 +82,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = _make_learner(cfg, mdp)
+        learner = _make_learner(cfg, mdp).to(cfg.device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
             _restore(resume_from, learner, online, counters)
@@ -113,7 +113,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             num_envs=2,
             env_kwargs=setup.env_kwargs,
             out_dir=out_dir,
-            video_episodes=2 if out_dir else 0,
+            video_episodes=cfg.video_episodes if out_dir else 0,
             progress=False,
         )
         row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
@@ -172,7 +172,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                     _hand_gripper_to_critic(cfg, mdp, learner, counters)
                     try:
                         update_metrics = learner.update(
-                            batch, update_actor=counters["updates"] >= cfg.critic_warmup_updates
+                            batch.to(learner.device),
+                            update_actor=counters["updates"] >= cfg.critic_warmup_updates,
                         )
                     except FloatingPointError as err:
                         raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
@@ -239,7 +240,7 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     from robopolicy.data.hdf5 import load_episodes
 
     base_path = resolve_checkpoint(cfg.base)
-    policy = load_policy(base_path)
+    policy = load_policy(base_path, device=cfg.device)
     task = read_config(base_path).get("task", {})
     env_id = cfg.env_id or task.get("env_id")
     env_kwargs = dict(

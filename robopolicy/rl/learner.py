@@ -129,10 +129,18 @@ class Learner(SavesTrainingState, nn.Module):
     def alpha(self) -> Tensor:
         return self.log_alpha.exp().detach()
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     # ---- acting ----------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: Tensor, explore: bool) -> Tensor:
-        """The actor's output for a batch of observations, with exploration noise if asked."""
+        """The actor's output for a batch of observations, with exploration noise if asked,
+        on the device ``obs`` came from (the envs' side stays on the CPU)."""
+        return self._act(obs.to(self.device), explore).to(obs.device)
+
+    def _act(self, obs: Tensor, explore: bool) -> Tensor:
         if self.cfg.algo == "sac":
             return self.actor(obs, deterministic=not explore)[0]
         action = self.actor(obs)
@@ -141,7 +149,7 @@ class Learner(SavesTrainingState, nn.Module):
             rho = self.cfg.explore_correlation
             previous = self.explore_noise
             if rho > 0 and previous is not None and previous.shape == noise.shape:
-                noise = rho * previous + math.sqrt(1 - rho**2) * noise
+                noise = rho * previous.to(noise) + math.sqrt(1 - rho**2) * noise
             self.explore_noise = noise
             action = action + self.cfg.explore_std * self.cfg.action_scale * noise
         return action.clamp(-self.cfg.action_scale, self.cfg.action_scale)
@@ -179,13 +187,15 @@ class Learner(SavesTrainingState, nn.Module):
                 smoothing = (
                     cfg.target_noise
                     * cfg.action_scale
-                    * torch.randn(batch.next_obs.shape[0], self.action_dim)
+                    * torch.randn(
+                        batch.next_obs.shape[0], self.action_dim, device=batch.next_obs.device
+                    )
                 ).clamp(
                     -cfg.target_noise_clip * cfg.action_scale,
                     cfg.target_noise_clip * cfg.action_scale,
                 )
                 if self.target_noise_weights is not None:
-                    smoothing = smoothing * self.target_noise_weights
+                    smoothing = smoothing * self.target_noise_weights.to(smoothing)
                 next_action = (self.actor_target(batch.next_obs) + smoothing).clamp(
                     -cfg.action_scale, cfg.action_scale
                 )

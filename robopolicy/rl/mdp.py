@@ -155,7 +155,7 @@ class ResidualMDP(SingleStepMDP):
         self.base.reset(mask)
 
     def _observe(self, obs, rows) -> Tensor:
-        return self.base.step(obs, list(rows))
+        return self.base.step(obs, list(rows)).cpu()
 
 
 def seed_stream(first: int) -> Iterator[int]:

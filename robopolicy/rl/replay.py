@@ -42,6 +42,10 @@ class Batch:
     def as_tuple(self) -> tuple[Tensor, ...]:
         return (self.obs, self.actions, self.returns, self.next_obs, self.discount)
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on the learner's device (the buffers stay in host memory)."""
+        return Batch(*(x.to(device, non_blocking=True) for x in self.as_tuple()))
+
 
 class ReplayBuffer:
     """A ring buffer of ``capacity`` transitions from ``num_envs`` parallel episodes."""

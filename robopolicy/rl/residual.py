@@ -77,12 +77,13 @@ class ResidualBase:
     @torch.no_grad()
     def step(self, obs: dict[str, np.ndarray], rows: Sequence[int] | None = None) -> Tensor:
         """Advance the base in ``rows`` (all by default) by one observation; return the actor's
-        input [features, a_base] for those rows, (len(rows), obs_dim)."""
+        input [features, a_base] for those rows, (len(rows), obs_dim), on the policy's device."""
         rows = range(len(self.executors)) if rows is None else rows
+        device = self.policy.device
         actions, histories = [], []
         for i in rows:
             executor = self.executors[i]
-            current = {k: obs_tensor(obs[k][i : i + 1]) for k in self.policy.shapes.obs}
+            current = {k: obs_tensor(obs[k][i : i + 1]).to(device) for k in self.policy.shapes.obs}
             actions.append(executor.act(current)[0])
             histories.append(executor.histories.stacked([0]))
         batch = {k: torch.cat([h[k] for h in histories]) for k in histories[0]}
@@ -128,10 +129,13 @@ class ResidualBase:
         with torch.no_grad():
             candidates = action.detach().unsqueeze(0).repeat(n_patterns, 1, 1)
             candidates[..., dims] = patterns[:, None, :]
+            weight = next(self.gripper_critic.parameters(), None)
+            device = weight.device if weight is not None else actor_obs.device
             q = self.gripper_critic(
-                actor_obs.repeat(n_patterns, 1), candidates.reshape(n_patterns * batch, -1)
+                actor_obs.repeat(n_patterns, 1).to(device),
+                candidates.reshape(n_patterns * batch, -1).to(device),
             )
-            best = q.mean(dim=0).view(n_patterns, batch).argmax(dim=0)
+            best = q.mean(dim=0).view(n_patterns, batch).argmax(dim=0).to(action.device)
         chosen = action.clone()
         chosen[..., dims] = patterns[best]
         return chosen
@@ -170,7 +174,7 @@ def demo_buffer(
             base.step({k: v[t : t + 1] for k, v in episode.obs.items()}) for t in range(steps)
         ]
         final = base.step({k: v[-1:] for k, v in episode.next_obs.items()})
-        states = torch.cat([*obs_rows, final])
+        states = torch.cat([*obs_rows, final]).cpu()
         buffer.add_episode(
             states[:-1],
             torch.as_tensor(episode.actions, dtype=torch.float32),
