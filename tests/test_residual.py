@@ -198,15 +198,16 @@ def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:
 
 
 def test_finetune_device_is_checked(tiny_run, tmp_path) -> None:
-    from robopolicy.rl.config import validate_finetune_config
+    from robopolicy.rl.config import resolve_device, validate_finetune_config
 
     with pytest.raises(ValueError, match="device 'banana' is not a torch device"):
         validate_finetune_config(_finetune_config(tiny_run, tmp_path, "device=banana"))
-    with pytest.raises(ValueError, match="only cpu and cuda"):
+    with pytest.raises(ValueError, match="only auto, cpu and cuda"):
         validate_finetune_config(_finetune_config(tiny_run, tmp_path, "device=meta"))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
             validate_finetune_config(_finetune_config(tiny_run, tmp_path, "device=cuda"))
+        assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_gripper_gain_and_correlated_noise_settings_are_checked(tiny_run, tmp_path) -> None:

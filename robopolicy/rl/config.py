@@ -62,9 +62,10 @@ class FinetuneConfig:
     save_every: int = 10_000  # env steps (also at the end)
     log_every: int = 1000  # env steps
     num_threads: int = 0  # torch intra-op threads (0: torch's default)
-    # where the networks (base policy, actor, critics) live and learn: cpu, cuda, cuda:N. The
-    # envs and the replay buffer stay on the CPU; batches move to the device per update.
-    device: str = "cpu"
+    # where the networks (base policy, actor, critics) live and learn: auto (CUDA when
+    # visible), cpu, cuda, cuda:N. The envs and the replay buffer stay on the CPU; batches move
+    # to the device per update.
+    device: str = "auto"
     agent: AgentConfig = field(default_factory=AgentConfig)
 
 
@@ -103,7 +104,7 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         )
     if not 0 <= cfg.demo_fraction < 1:
         raise ValueError(f"demo_fraction must be in [0, 1), got {cfg.demo_fraction}")
-    _validate_device(cfg.device)
+    resolve_device(cfg.device)
     if cfg.video_episodes < 0:
         raise ValueError(f"video_episodes must be >= 0, got {cfg.video_episodes}")
     for name in ("env_steps", "num_envs", "buffer_capacity"):
@@ -111,16 +112,23 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
 
 
-def _validate_device(device: str) -> None:
+def resolve_device(device: str) -> torch.device:
+    """``device`` as a torch device (``auto``: CUDA when visible, else the CPU), or a clear
+    error for a name torch does not know or a GPU this machine lacks."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from err
+        raise ValueError(
+            f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:N)"
+        ) from err
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only auto, cpu and cuda are supported")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
     if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
         raise ValueError(
             f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: only cpu and cuda are supported")
+    return parsed

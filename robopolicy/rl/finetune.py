@@ -32,7 +32,7 @@ from robopolicy.checkpoint import (
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
-from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
+from robopolicy.rl.config import FinetuneConfig, resolve_device, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
@@ -82,7 +82,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = _make_learner(cfg, mdp).to(cfg.device)
+        learner = _make_learner(cfg, mdp).to(resolve_device(cfg.device))
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
             _restore(resume_from, learner, online, counters)
@@ -240,7 +240,7 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     from robopolicy.data.hdf5 import load_episodes
 
     base_path = resolve_checkpoint(cfg.base)
-    policy = load_policy(base_path, device=cfg.device)
+    policy = load_policy(base_path, device=resolve_device(cfg.device))
     task = read_config(base_path).get("task", {})
     env_id = cfg.env_id or task.get("env_id")
     env_kwargs = dict(
