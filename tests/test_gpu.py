@@ -99,3 +99,24 @@ def test_cuda_finetune_learns_on_the_gpu_and_its_checkpoint_runs_on_cpu(
     assert not next(agent.actor.parameters()).is_cuda
     summary = evaluate("robopolicy/Lift-v0", agent, n_episodes=2, seed=0, progress=False)
     assert summary["n_episodes"] == 2
+
+
+@pytest.mark.parametrize("policy_type", ["diffusion", "flow"])
+def test_graphed_decode_matches_the_eager_sampler(tmp_path, lift_demos, policy_type) -> None:
+    from robopolicy.rl.dsrl import NoiseBase
+
+    run = tmp_path / policy_type
+    train_bc(
+        tiny_train_config(
+            lift_demos, run, "optim.steps=10", "loop.save_every=10", f"policy.type={policy_type}"
+        )
+    )
+    policy = load_policy(run, device="cuda")
+    base = NoiseBase(policy, 2)
+    for batch in (2, 2, 2, 5, 2, 2, 5, 5, 5):  # the third call of a size replays a graph
+        features = torch.randn(batch, base.feature_dim, device="cuda")
+        noise = torch.randn(batch, base.noise_dim, device="cuda")
+        eager = policy.chunk_from_features(features, base.full_noise(noise))
+        graphed = base._chunk_from_features(features, base.full_noise(noise))
+        torch.testing.assert_close(graphed, eager)
+    assert len(base._chunk_from_features.graphs) == 2  # one graph per batch size

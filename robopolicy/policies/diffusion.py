@@ -70,6 +70,8 @@ class DiffusionPolicy(BasePolicy):
             first = timesteps[:1].expand(noise.shape[0]).to(noise.device)
             sample = self.train_scheduler.add_noise(warm_start, noise, first)
         for t in timesteps:
-            model_output = self.denoiser(sample, t.expand(sample.shape[0]).to(sample.device), cond)
+            # a filled tensor, not a host-to-device copy: keeps the loop capturable as a CUDA graph
+            step = torch.full((sample.shape[0],), int(t), dtype=t.dtype, device=sample.device)
+            model_output = self.denoiser(sample, step, cond)
             sample = self.sampler.step(model_output, int(t), sample).prev_sample
         return sample.clamp(-1.0, 1.0)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robopolicy.inference.cuda_graph import CudaGraphed
 from robopolicy.inference.executor import threshold_discrete
 from robopolicy.inference.history import ObservationHistories, obs_tensor
 from robopolicy.rl.agent_config import AgentConfig
@@ -81,6 +82,9 @@ class NoiseBase:
         self.action_horizon = policy.action_horizon
         self.chunk_dim = policy.action_horizon * policy.action_dim
         self.feature_dim = policy.obs_encoder.out_dim
+        # the frozen base's sampler as one CUDA graph per batch size (on a GPU, launches and
+        # not arithmetic set the cost of a decode); eager on the CPU
+        self._chunk_from_features = CudaGraphed(policy.chunk_from_features)
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         for i in range(len(self.histories)):
@@ -109,7 +113,7 @@ class NoiseBase:
         commands thresholded to +-1 as executed; on the policy's device."""
         device = self.policy.device
         noise = self.full_noise(noise.to(device))
-        chunk = self.policy.chunk_from_features(features.to(device), noise)
+        chunk = self._chunk_from_features(features.to(device), noise)
         executed = chunk[:, self.first : self.first + self.action_horizon]
         return threshold_discrete(executed, self.discrete_dims).flatten(1)
 
