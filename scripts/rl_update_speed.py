@@ -18,6 +18,7 @@ import torch
 
 from robopolicy.checkpoint import load_policy, resolve_checkpoint
 from robopolicy.rl.agent_config import AgentConfig
+from robopolicy.rl.config import resolve_device
 from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.replay import Batch
@@ -27,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base", help="a BC run or checkpoint directory (the frozen base)")
     parser.add_argument("--method", choices=("dsrl_na", "dsrl_sac"), default="dsrl_na")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--hidden-dim", type=int, default=256)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--num-threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
 
     policy = load_policy(resolve_checkpoint(args.base), device=device)
     base = NoiseBase(policy, 1)

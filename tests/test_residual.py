@@ -167,6 +167,25 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     )
     assert resumed["env_steps"] == 40
     assert [r["env_steps"] for r in resumed["history"]][-1] == 40
+    _resume_keeps_the_device_unless_told(checkpoint)
+
+
+def _resume_keeps_the_device_unless_told(checkpoint) -> None:
+    """Resuming keeps the saved ``device`` (``auto`` here); ``device=`` overrides it, and a
+    checkpoint saved before the option existed resumes on the CPU, where it ran."""
+    from robopolicy.rl.finetune import _resumed_config
+
+    def resumed_device(*overrides: str) -> str:
+        cfg = load_config(None, FinetuneConfig, list(overrides))
+        return _resumed_config(cfg, checkpoint).device
+
+    assert resumed_device() == "auto"
+    assert resumed_device("device=cpu") == "cpu"
+    config_file = checkpoint / "config.yaml"
+    lines = config_file.read_text().splitlines()
+    config_file.write_text("\n".join(x for x in lines if not x.strip().startswith("device:")))
+    assert "device" not in read_config(checkpoint)["finetune"]
+    assert resumed_device() == "cpu"
 
 
 def _served_residual_acts_like_the_local_one(checkpoint: str) -> None:

@@ -84,7 +84,15 @@ class NoiseBase:
         self.feature_dim = policy.obs_encoder.out_dim
         # the frozen base's sampler as one CUDA graph per batch size (on a GPU, launches and
         # not arithmetic set the cost of a decode); eager on the CPU
-        self._chunk_from_features = CudaGraphed(policy.chunk_from_features)
+        self._chunk_from_features = CudaGraphed(
+            policy.chunk_from_features,
+            context=lambda: (
+                policy.cfg.sampler,
+                policy.cfg.integrator,
+                policy.num_inference_steps,
+                policy.training,
+            ),
+        )
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         for i in range(len(self.histories)):

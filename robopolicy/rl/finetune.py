@@ -67,10 +67,13 @@ class Setup:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
-        cfg = saved_config(resume_from, "finetune", FinetuneConfig)
+        cfg = _resumed_config(cfg, resume_from)
     validate_finetune_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # cuda:N: its RNG state and streams are the current ones
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg)
     run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
@@ -82,7 +85,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = _make_learner(cfg, mdp).to(resolve_device(cfg.device))
+        learner = _make_learner(cfg, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
             _restore(resume_from, learner, online, counters)
@@ -226,6 +229,17 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "minutes": minutes,
         "env_steps": counters["env_steps"],
     }
+
+
+def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
+    """The run's saved config; only ``device`` may be set anew (a GPU run can go on on a CPU).
+    Runs saved before the option existed ran on the CPU, and resume there."""
+    saved = saved_config(checkpoint, "finetune", FinetuneConfig)
+    if cfg.device != "auto":
+        saved.device = cfg.device
+    elif "device" not in read_config(checkpoint)["finetune"]:
+        saved.device = "cpu"
+    return saved
 
 
 # ---- the method's pieces ---------------------------------------------------------------------

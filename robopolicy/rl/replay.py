@@ -44,7 +44,7 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         """The batch on the learner's device (the buffers stay in host memory)."""
-        return Batch(*(x.to(device, non_blocking=True) for x in self.as_tuple()))
+        return Batch(*(x.to(device) for x in self.as_tuple()))
 
 
 class ReplayBuffer:
