@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  robopolicy bench residual env_steps=30000\n"
         '  robopolicy bench dsrl "only=[pickplace]" "methods=[dsrl_sac]" "seeds=[0]"\n'
+        "  robopolicy bench dsrl_gpu    # on a CUDA GPU, at the papers' network sizes and UTD\n"
         '  robopolicy bench dsrl "methods=[none]" "previous=[runs/bench/residual/<time>]" '
         "base_draws=8\n"
         "    residual, dsrl: previous= adds an earlier bench's runs from the same base;\n"

@@ -391,6 +391,14 @@ def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="not a bench results.json"):
         rl._read_results(str(tmp_path / "missing"))
 
+    # a method that needs a GPU this machine lacks stops the bench before any work
+    if not torch.cuda.is_available():
+        cfg.suite, cfg.previous, cfg.methods = "gpu", [], ["again"]
+        cfg.tasks[0].methods["again"] = "rl/dsrl_na_lift_gpu.yaml"
+        with pytest.raises(ConfigError, match="lift again .*dsrl_na_lift_gpu.yaml.*CUDA is not"):
+            rl.run(cfg)
+        assert not (tmp_path / "gpu").exists()
+
 
 def test_image_observations_reach_the_actor_as_base_encoder_features() -> None:
     from bc_fixtures import TINY

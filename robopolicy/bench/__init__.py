@@ -18,6 +18,7 @@ SUITES = {
     "deploy": "robopolicy.bench.deploy",
     "residual": "robopolicy.bench.rl",
     "dsrl": "robopolicy.bench.rl",
+    "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
 }
 

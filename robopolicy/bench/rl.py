@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
-from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
+from robopolicy.rl.config import BASE_METHODS, FinetuneConfig, resolve_device
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.sim.evaluate import EvalConfig, run_eval_config
@@ -78,6 +78,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.base_draws < 0:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
+    _check_devices(cfg)
     out = new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -230,6 +231,20 @@ def _train_base(task: Task, out: Path) -> Path:
             )
         )
     return Path(train_bc(train_cfg)["checkpoint"])
+
+
+def _check_devices(cfg: Config) -> None:
+    """A method config that needs a GPU this machine lacks fails now, not after the base is
+    trained and the other methods have run."""
+    for task in cfg.tasks:
+        for label, config in task.methods.items():
+            if cfg.methods and label not in cfg.methods:
+                continue
+            device = load_config(CONFIG_DIR / config, FinetuneConfig, list(cfg.overrides)).device
+            try:
+                resolve_device(device)
+            except ValueError as err:
+                raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
 
 
 def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path) -> dict:
