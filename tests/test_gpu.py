@@ -99,6 +99,11 @@ def test_cuda_finetune_learns_on_the_gpu_and_its_checkpoint_runs_on_cpu(
     assert not next(agent.actor.parameters()).is_cuda
     summary = evaluate("robopolicy/Lift-v0", agent, n_episodes=2, seed=0, progress=False)
     assert summary["n_episodes"] == 2
+    # or on the GPU, as `robopolicy eval ... device=cuda` and `robopolicy serve` load it
+    agent = load_rl_agent(checkpoint, read_config(checkpoint), "cuda")
+    assert next(agent.actor.parameters()).is_cuda and agent.policy.device.type == "cuda"
+    summary = evaluate("robopolicy/Lift-v0", agent, n_episodes=2, seed=0, progress=False)
+    assert summary["n_episodes"] == 2
 
 
 @pytest.mark.parametrize("policy_type", ["diffusion", "flow"])

@@ -238,9 +238,7 @@ def _load_rl_agent(path, config: dict, execution: ExecutionConfig, device: str):
             "execution.* settings do not apply to an RL checkpoint: its base runs as in RL "
             "training (residual: chunked; DSRL: one DDIM decode per chunk)"
         )
-    if device != "cpu":
-        raise ValueError(f"RL checkpoints are served on the CPU for now, not {device!r}")
-    return load_rl_agent(path, config)
+    return load_rl_agent(path, config, device)
 
 
 def run_server(cfg: ServeConfig) -> None:

@@ -87,9 +87,10 @@ class FlatObsAgent:
         return {}
 
 
-def load_rl_agent(path, config: dict):
-    """An RL checkpoint (``robopolicy finetune``) -> a rollout agent; the residual's base is
-    loaded from the checkpoint it names, and must still fit the actor."""
+def load_rl_agent(path, config: dict, device: str | torch.device = "cpu"):
+    """An RL checkpoint (``robopolicy finetune``) -> a rollout agent with its networks on
+    ``device``; the residual's base is loaded from the checkpoint it names, and must still fit
+    the actor."""
     from robopolicy.checkpoint import CheckpointError, load_policy, load_state, load_strict
     from robopolicy.rl.agent_config import AgentConfig
     from robopolicy.rl.networks import CriticEnsemble, DeterministicActor
@@ -120,9 +121,10 @@ def load_rl_agent(path, config: dict):
         load_strict(module, part, f"{path}/model.safetensors")
 
     load_module(actor, "actor.")
+    actor.to(device)
     if rl["method"] == "scratch":
         return FlatObsAgent(actor, rl["obs_keys"], name=agent_cfg.algo)
-    policy = load_policy(rl["base"])
+    policy = load_policy(rl["base"], device=device)
     if rl["method"].startswith("dsrl"):
         from robopolicy.rl.dsrl import NoiseAgent, noise_dim
 
@@ -153,5 +155,6 @@ def load_rl_agent(path, config: dict):
             agent_cfg.num_layers,
         )
         load_module(critic, "critic.")
+        critic.to(device)
     name = f"residual({agent_cfg.algo})"
     return ResidualAgent(policy, actor, name, gain, agent_cfg.action_scale, critic)

@@ -149,7 +149,7 @@ def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution)
     if "rl" in config:  # robopolicy finetune: the actor (plus its frozen base)
         from robopolicy.rl.actors import load_rl_agent
 
-        return load_rl_agent(path, config)
+        return load_rl_agent(path, config, device)
     if "offline_agent" in config:  # robopolicy offline: TD3+BC or IQL
         from robopolicy.rl.actors import FlatObsAgent
         from robopolicy.rl.offline import load_offline_agent
