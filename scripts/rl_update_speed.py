@@ -17,8 +17,8 @@ import time
 import torch
 
 from robopolicy.checkpoint import load_policy, resolve_checkpoint
+from robopolicy.device import resolve_device
 from robopolicy.rl.agent_config import AgentConfig
-from robopolicy.rl.config import resolve_device
 from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.replay import Batch

@@ -217,7 +217,8 @@ def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:
 
 
 def test_finetune_device_is_checked(tiny_run, tmp_path) -> None:
-    from robopolicy.rl.config import resolve_device, validate_finetune_config
+    from robopolicy.device import resolve_device
+    from robopolicy.rl.config import validate_finetune_config
 
     with pytest.raises(ValueError, match="device 'banana' is not a torch device"):
         validate_finetune_config(_finetune_config(tiny_run, tmp_path, "device=banana"))

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
-from robopolicy.rl.config import BASE_METHODS, FinetuneConfig, resolve_device
+from robopolicy.device import resolve_device
+from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.sim.evaluate import EvalConfig, run_eval_config
@@ -243,7 +244,7 @@ def _check_devices(cfg: Config) -> None:
             device = load_config(CONFIG_DIR / config, FinetuneConfig, list(cfg.overrides)).device
             try:
                 resolve_device(device)
-            except ValueError as err:
+            except ConfigError as err:
                 raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
 
 

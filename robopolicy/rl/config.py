@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from robopolicy.device import resolve_device
 from robopolicy.rl.agent_config import AgentConfig
 
 NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
@@ -110,25 +109,3 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
     for name in ("env_steps", "num_envs", "buffer_capacity"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``device`` as a torch device (``auto``: CUDA when visible, else the CPU), or a clear
-    error for a name torch does not know or a GPU this machine lacks."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:N)"
-        ) from err
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: only auto, cpu and cuda are supported")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return parsed

@@ -30,9 +30,10 @@ from robopolicy.checkpoint import (
     saved_config,
 )
 from robopolicy.config import ConfigError, to_dict
+from robopolicy.device import resolve_device
 from robopolicy.files import atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
-from robopolicy.rl.config import FinetuneConfig, resolve_device, validate_finetune_config
+from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
@@ -75,7 +76,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # cuda:N: its RNG state and streams are the current ones
     torch.manual_seed(cfg.seed)
-    setup = _setup(cfg)
+    setup = _setup(cfg, device)
     run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
@@ -243,7 +244,7 @@ def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
 
 
 # ---- the method's pieces ---------------------------------------------------------------------
-def _setup(cfg: FinetuneConfig) -> Setup:
+def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
     if cfg.method == "scratch":
         env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
         space = env.observation_space
@@ -254,7 +255,7 @@ def _setup(cfg: FinetuneConfig) -> Setup:
     from robopolicy.data.hdf5 import load_episodes
 
     base_path = resolve_checkpoint(cfg.base)
-    policy = load_policy(base_path, device=resolve_device(cfg.device))
+    policy = load_policy(base_path, device=device)
     task = read_config(base_path).get("task", {})
     env_id = cfg.env_id or task.get("env_id")
     env_kwargs = dict(

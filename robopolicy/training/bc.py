@@ -36,6 +36,7 @@ from robopolicy.data.hdf5 import dataset_info, read_env_args
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.prefetch import PrefetchedBatches
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
+from robopolicy.device import resolve_device
 from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
 from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
@@ -59,7 +60,7 @@ class TrainingDivergedError(RuntimeError):
 
 def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) a BC policy; return the final evaluation summary and paths."""
-    device = _device(cfg.optim.device)
+    device = resolve_device(cfg.optim.device, "optim.device")
     if cfg.optim.num_threads > 0:
         torch.set_num_threads(cfg.optim.num_threads)
     dist_info = init_distributed(device)
@@ -279,14 +280,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 # ---- state ----------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"optim.device={name!r} but CUDA is not available")
-    return torch.device(name)
-
-
 def _resumed_config(cfg: TrainConfig, checkpoint: Path) -> TrainConfig:
     """The saved config, with only the training length allowed to change."""
     saved = read_config(checkpoint)
