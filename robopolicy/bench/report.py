@@ -15,9 +15,18 @@ from robopolicy.files import atomic_write_json, atomic_write_text
 
 
 def new_run_dir(root: str | Path, suite: str) -> Path:
-    out = Path(root) / suite / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """A folder of this run's own, named by the time: benches started in the same second (one
+    per seed, say) get ``-2``, ``-3``, ... rather than overwriting each other's results."""
+    stamp = Path(root) / suite / time.strftime("%Y%m%d-%H%M%S")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        out = stamp if attempt == 1 else stamp.with_name(f"{stamp.name}-{attempt}")
+        try:
+            out.mkdir()  # atomic: exactly one process creates each name
+        except FileExistsError:
+            continue
+        return out
+    raise RuntimeError(f"{stamp}: no free run folder name after 999 tries")
 
 
 def machine_info() -> dict[str, Any]:
