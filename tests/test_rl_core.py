@@ -270,6 +270,40 @@ def test_sac_entropy_backup_sets_the_soft_q_fixed_point(backup_entropy) -> None:
     assert abs(q - expected) < abs(q - other) / 3
 
 
+@pytest.mark.parametrize("bounded", [True, False])
+def test_value_bounds_pull_an_overestimating_critic_back_into_range(bounded) -> None:
+    """A self-loop with reward -1 and discount 0.99 (true value -100) whose critic starts at
+    +50: bootstrapping alone keeps it far above every reachable value for hundreds of steps;
+    targets clipped to [-100, 0] bring it below 0 within them."""
+    from robopolicy.rl.replay import Batch
+
+    torch.manual_seed(0)
+    cfg = AgentConfig(
+        algo="sac",
+        hidden_dim=32,
+        critic_heads=2,
+        critic_lr=1e-2,
+        backup_entropy=False,
+        value_bounds=[-100.0, 0.0] if bounded else None,
+    )
+    learner = Learner(cfg, obs_dim=1, action_dim=2)
+    for head in (learner.critic, learner.critic_target):
+        head.net[-1].bias.data.fill_(50.0)
+    n = 64
+    obs = torch.zeros(n, 1)
+    batch = Batch(obs, torch.rand(n, 2) * 2 - 1, -torch.ones(n), obs, torch.full((n,), 0.99))
+    for _ in range(300):
+        learner.update(batch, update_actor=False)
+    with torch.no_grad():
+        q = learner.critic(obs, learner.actor(obs)[0]).max().item()
+    assert (q < 0.0) if bounded else (q > 20.0)
+
+
+def test_value_bounds_must_be_an_increasing_pair() -> None:
+    with pytest.raises(ValueError, match="value_bounds"):
+        Learner(AgentConfig(value_bounds=[0.0, -100.0]), obs_dim=1, action_dim=1)
+
+
 def test_sac_target_entropy_is_in_unit_action_space_whatever_the_scale() -> None:
     """The temperature sees the same entropy gap for a policy scaled by 1 or by 1.5 (DSRL's
     noise bound): the target is set in [-1, 1] units, as DSRL's reference sets it."""

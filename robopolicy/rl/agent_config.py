@@ -24,6 +24,11 @@ class AgentConfig:
     backup_entropy: bool = True
     tau: float = 0.005
     gamma: float = 0.99
+    # [lo, hi]: the range every discounted return lies in (with a per-step reward in [r_lo,
+    # r_hi], [r_lo, r_hi] / (1 - gamma)); TD targets are clipped to it. A bootstrapped critic
+    # can otherwise climb out of the reachable range and take its own targets with it (DSRL-SAC
+    # on PickPlace: Q rose to +94 with every true value in [-100, 0]). None: unbounded.
+    value_bounds: list[float] | None = None
     n_step: int = 3
     batch_size: int = 256
     grad_clip: float = 1.0  # 0: off
@@ -65,5 +70,9 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             f"agent.explore_correlation must be in [0, 1), got {cfg.explore_correlation}"
         )
+    if cfg.value_bounds is not None and (
+        len(cfg.value_bounds) != 2 or not cfg.value_bounds[0] < cfg.value_bounds[1]
+    ):
+        raise ValueError(f"agent.value_bounds must be [lo, hi], lo < hi; got {cfg.value_bounds}")
     if cfg.action_scale <= 0:
         raise ValueError(f"agent.action_scale must be > 0, got {cfg.action_scale}")

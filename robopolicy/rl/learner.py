@@ -14,7 +14,7 @@ SAC (Haarnoja et al. 2018, auto-tuned temperature):
     a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
                   (without the alpha term when ``backup_entropy`` is off)
     L_pi = alpha log pi(a|s) - min_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
-Targets follow by Polyak averaging with rate tau.
+Both clip y to ``value_bounds`` when set. Targets follow by Polyak averaging with rate tau.
 """
 
 from __future__ import annotations
@@ -206,6 +206,8 @@ class Learner(SavesTrainingState, nn.Module):
             if cfg.algo == "sac" and cfg.backup_entropy:
                 q_next = q_next - self.alpha * next_log_prob
             y = batch.returns + batch.discount * q_next
+            if cfg.value_bounds is not None:
+                y = y.clamp(*cfg.value_bounds)
         q = self.critic(batch.obs, batch.actions)
         loss = ((q - y) ** 2).mean(dim=1).sum()
         _step(self.critic_optim, loss, self.critic, cfg.grad_clip)
