@@ -19,6 +19,7 @@ from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.dsrl import NoiseAliasingLearner, NoiseBase, NoiseMDP, noise_dim
 from robopolicy.rl.finetune import finetune
 from robopolicy.rl.mdp import seed_stream
+from robopolicy.rl.networks import ACTIVATIONS
 
 
 class CountingEnv(gym.Env):
@@ -143,9 +144,10 @@ def test_distillation_moves_q_w_toward_q_a() -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "span"), [("dsrl_na", "chunk"), ("dsrl_sac", "chunk"), ("dsrl_sac", "executed")]
+    ("method", "span", "activation"),
+    [("dsrl_na", "chunk", "relu"), ("dsrl_sac", "chunk", "tanh"), ("dsrl_sac", "executed", "relu")],
 )
-def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, span, capsys) -> None:
+def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, span, activation, capsys) -> None:
     cfg = load_config(
         None,
         FinetuneConfig,
@@ -166,11 +168,15 @@ def test_dsrl_finetune_end_to_end(tiny_run, tmp_path, method, span, capsys) -> N
             "agent.critic_heads=2",
             "agent.batch_size=8",
             "agent.action_scale=1.5",
+            f"agent.activation={activation}",
         ],
     )
     result = finetune(cfg)
     assert result["env_steps"] >= 64  # executed actions, chunk by chunk
     saved = read_config(result["checkpoint"])
+    loaded_actor = load_rl_agent(result["checkpoint"], saved).actor
+    nonlinearity = {type(m) for m in loaded_actor.modules()} & {torch.nn.ReLU, torch.nn.Tanh}
+    assert nonlinearity == {ACTIVATIONS[activation]}  # the checkpoint rebuilds the same net
     assert saved["rl"]["action_dim"] == noise_dim(load_policy(tiny_run), span)
     saved["finetune"]["dsrl_noise"] = "executed" if span == "chunk" else "chunk"
     with pytest.raises(CheckpointError, match="noise dims but its base"):

@@ -299,6 +299,11 @@ def test_value_bounds_pull_an_overestimating_critic_back_into_range(bounded) -> 
     assert (q < 0.0) if bounded else (q > 20.0)
 
 
+def test_unknown_activation_is_named() -> None:
+    with pytest.raises(ValueError, match="agent.activation 'gelu'"):
+        Learner(AgentConfig(activation="gelu"), obs_dim=1, action_dim=1)
+
+
 def test_value_bounds_must_be_an_increasing_pair() -> None:
     with pytest.raises(ValueError, match="value_bounds"):
         Learner(AgentConfig(value_bounds=[0.0, -100.0]), obs_dim=1, action_dim=1)

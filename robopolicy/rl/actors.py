@@ -104,6 +104,7 @@ def load_rl_agent(path, config: dict, device: str | torch.device = "cpu"):
             agent_cfg.hidden_dim,
             agent_cfg.num_layers,
             agent_cfg.action_scale,
+            activation=agent_cfg.activation,
         )
     else:
         actor = DeterministicActor(
@@ -112,6 +113,7 @@ def load_rl_agent(path, config: dict, device: str | torch.device = "cpu"):
             agent_cfg.hidden_dim,
             agent_cfg.num_layers,
             agent_cfg.action_scale,
+            activation=agent_cfg.activation,
         )
     weights = load_state(path, "model")
 
@@ -153,6 +155,7 @@ def load_rl_agent(path, config: dict, device: str | torch.device = "cpu"):
             agent_cfg.critic_heads,
             agent_cfg.hidden_dim,
             agent_cfg.num_layers,
+            agent_cfg.activation,
         )
         load_module(critic, "critic.")
         critic.to(device)

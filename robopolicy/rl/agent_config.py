@@ -10,6 +10,7 @@ class AgentConfig:
     algo: str = "td3"  # td3 | sac
     hidden_dim: int = 256  # ANCHORS: 1024 (ResFiT), 2048 (DSRL) on GPUs
     num_layers: int = 2
+    activation: str = "relu"  # hidden layers of actor and critic: relu | tanh (DSRL's reference)
     critic_heads: int = 10  # ResFiT: 10; SAC/DSRL: 2
     target_subset: int = 2  # min over this many heads drawn at random for the target
     actor_lr: float = 3e-4
@@ -50,11 +51,14 @@ class AgentConfig:
 
 
 ALGOS = ("td3", "sac")
+ACTIVATION_NAMES = ("relu", "tanh")
 
 
 def validate_agent_config(cfg: AgentConfig) -> None:
     if cfg.algo not in ALGOS:
         raise ValueError(f"agent.algo {cfg.algo!r} not in {ALGOS}")
+    if cfg.activation not in ACTIVATION_NAMES:
+        raise ValueError(f"agent.activation {cfg.activation!r} not in {ACTIVATION_NAMES}")
     if not 1 <= cfg.target_subset <= cfg.critic_heads:
         raise ValueError(
             f"agent.target_subset {cfg.target_subset} must be in "

@@ -202,7 +202,7 @@ class NoiseAliasingLearner(Learner):
             raise ValueError(f"DSRL-NA is built on SAC; agent.algo is {cfg.algo!r}")
         super().__init__(cfg, obs_dim, noise_dim, critic_action_dim=chunk_dim, critic_action=decode)
         self.noise_critic = CriticEnsemble(
-            obs_dim, noise_dim, cfg.critic_heads, cfg.hidden_dim, cfg.num_layers
+            obs_dim, noise_dim, cfg.critic_heads, cfg.hidden_dim, cfg.num_layers, cfg.activation
         )
         self.noise_critic_optim = torch.optim.Adam(self.noise_critic.parameters(), lr=cfg.critic_lr)
 

@@ -94,7 +94,12 @@ class Learner(SavesTrainingState, nn.Module):
         self.target_noise_weights = target_noise_weights
         if cfg.algo == "sac":
             self.actor: nn.Module = GaussianActor(
-                obs_dim, action_dim, cfg.hidden_dim, cfg.num_layers, cfg.action_scale
+                obs_dim,
+                action_dim,
+                cfg.hidden_dim,
+                cfg.num_layers,
+                cfg.action_scale,
+                cfg.activation,
             )
             self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
@@ -110,6 +115,7 @@ class Learner(SavesTrainingState, nn.Module):
                 cfg.num_layers,
                 cfg.action_scale,
                 cfg.zero_init_actor,
+                cfg.activation,
             )
         self.critic = CriticEnsemble(
             obs_dim,
@@ -117,6 +123,7 @@ class Learner(SavesTrainingState, nn.Module):
             cfg.critic_heads,
             cfg.hidden_dim,
             cfg.num_layers,
+            cfg.activation,
         )
         self.explore_noise: Tensor | None = None  # TD3's last exploration noise, per sub-env
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)

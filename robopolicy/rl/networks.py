@@ -14,18 +14,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+# the hidden layers' nonlinearity: ReLU (SAC, TD3, ResFiT) or Tanh (DSRL's reference)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def mlp(
-    in_dim: int, hidden_dim: int, num_layers: int, out_dim: int, layer_norm: bool = True
+    in_dim: int,
+    hidden_dim: int,
+    num_layers: int,
+    out_dim: int,
+    layer_norm: bool = True,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """``num_layers`` hidden layers of Linear (+ LayerNorm) + ReLU, then a Linear head."""
+    """``num_layers`` hidden layers of Linear (+ LayerNorm) + activation, then a Linear head."""
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers):
         layers += [nn.Linear(dim, hidden_dim)]
         layers += [nn.LayerNorm(hidden_dim)] if layer_norm else []
-        layers += [nn.ReLU()]
+        layers += [ACTIVATIONS[activation]()]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*layers)
@@ -60,7 +67,13 @@ class CriticEnsemble(nn.Module):
     """Q_1..Q_E(s, a) -> (E, B), each head a LayerNorm MLP."""
 
     def __init__(
-        self, obs_dim: int, action_dim: int, num_heads: int, hidden_dim: int, num_layers: int
+        self,
+        obs_dim: int,
+        action_dim: int,
+        num_heads: int,
+        hidden_dim: int,
+        num_layers: int,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -70,7 +83,7 @@ class CriticEnsemble(nn.Module):
             layers += [
                 EnsembleLinear(num_heads, dim, hidden_dim),
                 EnsembleLayerNorm(num_heads, hidden_dim),
-                nn.ReLU(),
+                ACTIVATIONS[activation](),
             ]
             dim = hidden_dim
         layers.append(EnsembleLinear(num_heads, dim, 1))
@@ -102,10 +115,11 @@ class DeterministicActor(nn.Module):
         num_layers: int,
         scale: float = 1.0,
         zero_init: bool = False,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.scale = scale
-        self.net = mlp(obs_dim, hidden_dim, num_layers, action_dim)
+        self.net = mlp(obs_dim, hidden_dim, num_layers, action_dim, activation=activation)
         if zero_init:
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
@@ -118,11 +132,17 @@ class GaussianActor(nn.Module):
     """SAC's actor: a = scale * tanh(u), u ~ N(mu(s), sigma(s)); returns (a, log pi(a|s))."""
 
     def __init__(
-        self, obs_dim: int, action_dim: int, hidden_dim: int, num_layers: int, scale: float = 1.0
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        scale: float = 1.0,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.scale = scale
-        self.net = mlp(obs_dim, hidden_dim, num_layers, 2 * action_dim)
+        self.net = mlp(obs_dim, hidden_dim, num_layers, 2 * action_dim, activation=activation)
 
     def forward(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor]:
         mean, log_std = self.net(obs).chunk(2, dim=-1)
