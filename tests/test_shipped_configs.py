@@ -49,3 +49,18 @@ def test_shipped_config_parses(path) -> None:
 def test_dsrl_configs_sample_noise_and_leave_entropy_out_of_the_target(name) -> None:
     cfg = load_config(CONFIG_DIR / "rl" / f"{name}.yaml", FinetuneConfig)
     assert cfg.dsrl_sample_noise and not cfg.agent.backup_entropy
+
+
+@pytest.mark.parametrize(
+    "name", ["dsrl_na_lift", "dsrl_sac_lift", "dsrl_na_pickplace", "dsrl_sac_pickplace"]
+)
+def test_dsrl_gpu_configs_use_the_reference_networks(name) -> None:
+    """ANCHORS.md: DSRL's actor and critics are 3x2048 Tanh + LayerNorm MLPs."""
+    agent = load_config(CONFIG_DIR / "rl" / f"{name}_gpu.yaml", FinetuneConfig).agent
+    assert (agent.num_layers, agent.hidden_dim, agent.activation) == (3, 2048, "tanh")
+
+
+def test_dsrl_sac_pickplace_bounds_its_td_targets_to_the_reachable_returns() -> None:
+    cfg = load_config(CONFIG_DIR / "rl" / "dsrl_sac_pickplace.yaml", FinetuneConfig)
+    assert cfg.reward_offset == -1.0 and not cfg.agent.backup_entropy  # r in {-1, 0}, no bonus
+    assert cfg.agent.value_bounds == pytest.approx([-1.0 / (1.0 - cfg.agent.gamma), 0.0])
