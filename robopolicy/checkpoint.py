@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from robopolicy import __version__
 from robopolicy.config import ConfigError
+from robopolicy.provenance import git_commit
 
 NORMALIZER_PREFIX = "normalizer."
 
@@ -208,20 +208,10 @@ def _plain(config: Any) -> Any:
 
 
 def _meta(step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     return {
         "robopolicy": __version__,
         "torch": torch.__version__,
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "step": int(step),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "metrics": metrics or {},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from robopolicy import __version__
 from robopolicy.files import atomic_write_json, atomic_write_text
+from robopolicy.provenance import git_commit
 
 
 def new_run_dir(root: str | Path, suite: str) -> Path:
@@ -48,24 +48,10 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "robopolicy": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "mujoco_gl": os.environ.get("MUJOCO_GL"),
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
