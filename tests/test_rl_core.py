@@ -299,6 +299,21 @@ def test_value_bounds_pull_an_overestimating_critic_back_into_range(bounded) -> 
     assert (q < 0.0) if bounded else (q > 20.0)
 
 
+@pytest.mark.parametrize(("actor_q", "expected"), [("min", -1.0), ("mean", 0.0)])
+def test_sac_actor_maximises_the_heads_reduced_as_configured(actor_q, expected) -> None:
+    learner = Learner(AgentConfig(algo="sac", critic_heads=2, actor_q=actor_q), 3, 2)
+    last = learner.critic.net[-1]
+    last.weight.data.zero_()
+    last.bias.data.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1))  # heads disagree by 2
+    q = learner._sac_actor_q(torch.randn(5, 3), torch.zeros(5, 2))
+    assert torch.allclose(q, torch.full((5,), expected))
+
+
+def test_unknown_actor_q_is_named() -> None:
+    with pytest.raises(ValueError, match="agent.actor_q 'max'"):
+        Learner(AgentConfig(algo="sac", actor_q="max"), obs_dim=1, action_dim=1)
+
+
 def test_unknown_activation_is_named() -> None:
     with pytest.raises(ValueError, match="agent.activation 'gelu'"):
         Learner(AgentConfig(activation="gelu"), obs_dim=1, action_dim=1)

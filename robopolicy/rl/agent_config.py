@@ -13,6 +13,9 @@ class AgentConfig:
     activation: str = "relu"  # hidden layers of actor and critic: relu | tanh (DSRL's reference)
     critic_heads: int = 10  # ResFiT: 10; SAC/DSRL: 2
     target_subset: int = 2  # min over this many heads drawn at random for the target
+    # SAC: the heads' Q the actor maximises: min (SAC's clipped double Q, pessimistic where the
+    # heads disagree, i.e. where data is thin) or mean (REDQ's; TD3's actor always uses it)
+    actor_q: str = "min"
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4  # SAC entropy temperature
@@ -52,6 +55,7 @@ class AgentConfig:
 
 ALGOS = ("td3", "sac")
 ACTIVATION_NAMES = ("relu", "tanh")
+ACTOR_Q_REDUCTIONS = ("min", "mean")
 
 
 def validate_agent_config(cfg: AgentConfig) -> None:
@@ -59,6 +63,8 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(f"agent.algo {cfg.algo!r} not in {ALGOS}")
     if cfg.activation not in ACTIVATION_NAMES:
         raise ValueError(f"agent.activation {cfg.activation!r} not in {ACTIVATION_NAMES}")
+    if cfg.actor_q not in ACTOR_Q_REDUCTIONS:
+        raise ValueError(f"agent.actor_q {cfg.actor_q!r} not in {ACTOR_Q_REDUCTIONS}")
     if not 1 <= cfg.target_subset <= cfg.critic_heads:
         raise ValueError(
             f"agent.target_subset {cfg.target_subset} must be in "

@@ -223,7 +223,7 @@ class NoiseAliasingLearner(Learner):
 
     def _sac_actor_q(self, obs: Tensor, noise: Tensor) -> Tensor:
         """The noise actor learns from the distilled Q^W, not through the decoder."""
-        return self.noise_critic(obs, noise).min(dim=0).values
+        return self._reduce_heads(self.noise_critic(obs, noise))
 
     def _optimizer_names(self) -> list[str]:
         return [*super()._optimizer_names(), "noise_critic_optim"]

@@ -13,7 +13,8 @@ TD3 (Fujimoto et al. 2018, with an ensemble as in ResFiT/REDQ):
 SAC (Haarnoja et al. 2018, auto-tuned temperature):
     a' ~ pi(s'),  y = R + discount * (min_subset Q_targ(s', a') - alpha log pi(a'|s'))
                   (without the alpha term when ``backup_entropy`` is off)
-    L_pi = alpha log pi(a|s) - min_i Q_i(s, a),   L_alpha = -alpha (log pi + H_target)
+    L_pi = alpha log pi(a|s) - min_i Q_i(s, a)   (mean_i with ``actor_q: mean``)
+    L_alpha = -alpha (log pi + H_target)
 Both clip y to ``value_bounds`` when set. Targets follow by Polyak averaging with rate tau.
 """
 
@@ -252,8 +253,11 @@ class Learner(SavesTrainingState, nn.Module):
         return {"actor_loss": loss.item(), "actor_action_rms": action.pow(2).mean().sqrt().item()}
 
     def _sac_actor_q(self, obs: Tensor, action: Tensor) -> Tensor:
-        """The Q that SAC's actor maximises: min over the heads (SAC's clipped double Q)."""
-        return self.critic(obs, self.critic_action(obs, action)).min(dim=0).values
+        """The Q that SAC's actor maximises: the heads reduced by ``actor_q``."""
+        return self._reduce_heads(self.critic(obs, self.critic_action(obs, action)))
+
+    def _reduce_heads(self, q: Tensor) -> Tensor:
+        return q.min(dim=0).values if self.cfg.actor_q == "min" else q.mean(dim=0)
 
     def _optimizer_names(self) -> list[str]:
         return ["actor_optim", "critic_optim"] + (["alpha_optim"] if self.cfg.algo == "sac" else [])
