@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from robopolicy import provenance
+from robopolicy.provenance import checkout_state, git_commit
 
 
 def _git(repo, *args: str) -> None:
@@ -12,16 +12,22 @@ def _git(repo, *args: str) -> None:
     subprocess.run(["git", *identity, *args], cwd=repo, check=True, capture_output=True)
 
 
-def test_commit_is_marked_dirty_only_while_tracked_files_differ(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(provenance, "_REPO", tmp_path)
-    assert provenance.git_commit() is None  # not a checkout
+def test_commit_is_marked_dirty_only_while_tracked_files_differ(tmp_path) -> None:
+    assert checkout_state(tmp_path) is None  # not a checkout
     _git(tmp_path, "init", "-q")
     (tmp_path / "config.yaml").write_text("a: 1\n")
     _git(tmp_path, "add", "config.yaml")
     _git(tmp_path, "commit", "-q", "-m", "first")
-    clean = provenance.git_commit()
+    clean = checkout_state(tmp_path)
     assert clean and not clean.endswith("-dirty")
     (tmp_path / "notes.txt").write_text("untracked files do not count\n")
-    assert provenance.git_commit() == clean
+    assert checkout_state(tmp_path) == clean
     (tmp_path / "config.yaml").write_text("a: 2\n")
-    assert provenance.git_commit() == f"{clean}-dirty"
+    assert checkout_state(tmp_path) == f"{clean}-dirty"
+
+
+def test_the_package_stamp_is_read_once_per_process() -> None:
+    git_commit.cache_clear()
+    first = git_commit()
+    assert git_commit.cache_info().misses == 1
+    assert git_commit() == first and git_commit.cache_info().hits == 1
