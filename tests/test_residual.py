@@ -67,6 +67,29 @@ def test_zero_init_residual_reproduces_the_base_exactly(tiny_run) -> None:
         assert torch.allclose(executed, expected, atol=1e-5)
 
 
+def test_without_a_gain_even_a_full_residual_keeps_the_base_gripper(tiny_run) -> None:
+    """At action_scale 1 a residual of -+1 would sum a +-1 command to 0; the gripper must
+    still be the base's, while the arm dims move by the residual (clipped)."""
+    policy = load_policy(tiny_run)
+    base = ResidualBase(policy, num_envs=1, discrete_dims=GRIPPER)
+    obs = {k: np.zeros((1, *shape), np.float32) for k, shape in policy.shapes.obs.items()}
+    actor_obs = base.step(obs)
+    base_action = base.base_action(actor_obs)
+    residual = -torch.sign(base_action)  # pushes every dim across zero
+    executed = base.executed_action(actor_obs, residual)
+    assert torch.equal(executed[:, GRIPPER], base_action[:, GRIPPER])
+    arm = [i for i in range(policy.action_dim) if i not in GRIPPER]
+    assert torch.allclose(executed[:, arm], (base_action + residual)[:, arm].clamp(-1, 1))
+
+
+def test_residual_sac_trains_and_evaluates_its_mean_action(tiny_run, tmp_path, capsys) -> None:
+    result = finetune(_finetune_config(tiny_run, tmp_path, "agent.algo=sac"))
+    assert [r["env_steps"] for r in result["history"]] == [0, 20, 40]
+    checkpoint = tmp_path / "rl" / "checkpoints" / "0000040"
+    assert main(["eval", str(checkpoint), "n_episodes=1", "video_episodes=0"]) == 0
+    assert "residual(sac)" in capsys.readouterr().out
+
+
 def test_gripper_gain_lets_the_residual_flip_open_close(tiny_run) -> None:
     """Without a gain no residual changes the base's +-1 gripper command; with one, the critic
     sees a continuous gripper value and a residual past scale / gain flips what the env gets."""
@@ -145,6 +168,9 @@ def test_demo_buffer_relabels_base_actions_and_keeps_demo_actions(tiny_run, lift
     assert bool(buffer.terminated[n - 1, 0]) == bool(first.dones[-1])
     # consecutive transitions chain: s'_t == s_{t+1}
     assert torch.equal(buffer.next_obs[: n - 1, 0], buffer.obs[1:n, 0])
+    # a reward offset (DSRL's -1) shifts the demos' rewards as it shifts the online ones
+    shifted = demo_buffer(policy, episodes[:1], GRIPPER, reward_offset=-1.0)
+    assert torch.equal(shifted.rewards[:n, 0], buffer.rewards[:n, 0] - 1.0)
 
 
 def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, capsys) -> None:
@@ -434,3 +460,15 @@ def test_finetune_command_reports_bad_input(tmp_path, capsys) -> None:
     dsrl = ["method=dsrl_sac", "demo_fraction=0", "agent.algo=td3"]
     assert main(["finetune", config, *dsrl]) == 2
     assert "built on SAC" in capsys.readouterr().err
+    # agent settings are checked before anything is loaded or written
+    for setting, message in (
+        ("agent.actor_delay=0", "agent.actor_delay must be >= 1"),
+        ("agent.init_alpha=0", "agent.init_alpha"),
+        ("agent.activation=gelu", "agent.activation 'gelu'"),
+    ):
+        assert main(["finetune", config, f"run_dir={tmp_path / 'rl'}", setting]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "rl").exists()
+    scratch = ["configs/rl/sac_scratch_lift.yaml", f"run_dir={tmp_path / 'rl'}"]
+    assert main(["finetune", *scratch, "obs_keys=[object,cube_velocity]"]) == 2
+    assert "obs_keys ['cube_velocity'] are not observations" in capsys.readouterr().err

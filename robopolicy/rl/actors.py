@@ -23,6 +23,14 @@ def flatten_obs(obs, keys: list[str] | None) -> Tensor:
     return torch.cat([torch.as_tensor(obs[k], dtype=torch.float32).flatten(1) for k in keys], dim=1)
 
 
+def greedy_action(actor: torch.nn.Module, x: Tensor) -> Tensor:
+    """What a trained actor does at eval time: SAC's mean action (its forward also returns a
+    log-probability), a deterministic actor's output as it is."""
+    if isinstance(actor, GaussianActor):
+        return actor(x, deterministic=True)[0]
+    return actor(x)
+
+
 class ResidualAgent:
     def __init__(
         self,
@@ -55,7 +63,7 @@ class ResidualAgent:
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
         actor_obs = self.base.step(obs)
-        executed = self.base.executed_action(actor_obs, self.actor(actor_obs))
+        executed = self.base.executed_action(actor_obs, greedy_action(self.actor, actor_obs))
         return self.base.env_action(executed).cpu().numpy()
 
     def metrics(self) -> dict[str, float]:
@@ -79,9 +87,7 @@ class FlatObsAgent:
     @torch.no_grad()
     def act(self, obs, envs: gym.vector.VectorEnv) -> np.ndarray:
         x = flatten_obs(obs, self.obs_keys).to(next(self.actor.parameters()).device)
-        if isinstance(self.actor, GaussianActor):  # evaluate SAC's mean action
-            return self.actor(x, deterministic=True)[0].cpu().numpy()
-        return self.actor(x).cpu().numpy()
+        return greedy_action(self.actor, x).cpu().numpy()
 
     def metrics(self) -> dict[str, float]:
         return {}

@@ -86,3 +86,11 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(f"agent.value_bounds must be [lo, hi], lo < hi; got {cfg.value_bounds}")
     if cfg.action_scale <= 0:
         raise ValueError(f"agent.action_scale must be > 0, got {cfg.action_scale}")
+    if cfg.actor_delay < 1:
+        raise ValueError(
+            f"agent.actor_delay must be >= 1 (critic steps per actor step), got {cfg.actor_delay}"
+        )
+    if cfg.init_alpha <= 0:
+        raise ValueError(
+            f"agent.init_alpha (SAC's initial temperature) must be > 0, got {cfg.init_alpha}"
+        )

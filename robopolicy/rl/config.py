@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robopolicy.device import resolve_device
-from robopolicy.rl.agent_config import AgentConfig
+from robopolicy.rl.agent_config import AgentConfig, validate_agent_config
 
 NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
 
@@ -69,6 +69,7 @@ class FinetuneConfig:
 
 
 def validate_finetune_config(cfg: FinetuneConfig) -> None:
+    validate_agent_config(cfg.agent)  # before the base, the demos and the run folder
     if cfg.method not in METHODS:
         raise ValueError(f"method {cfg.method!r} not in {METHODS}")
     if cfg.method in BASE_METHODS and not cfg.base:

@@ -1,8 +1,9 @@
 """``robopolicy finetune CONFIG``: improve a BC policy by off-policy RL (or learn from scratch).
 
 One loop, read top to bottom: act (warm-up actions first), step the vector env, store the
-transition, do ``updates_per_step`` gradient updates per env step (critic only for the first
-``critic_warmup_updates``), and evaluate, log and checkpoint on env-step boundaries.
+transition, do ``updates_per_step`` gradient updates per agent step (an env step; for DSRL an
+executed chunk; critic only for the first ``critic_warmup_updates``), and evaluate, log and
+checkpoint on env-step boundaries.
 
 Resuming restores the learner, its optimisers, the online replay, the counters and the RNG;
 episodes that were running at the checkpoint start afresh (their transitions so far are kept).
@@ -249,7 +250,15 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
         env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
         space = env.observation_space
         env.close()
-        keys = sorted(cfg.obs_keys or space.spaces) if hasattr(space, "spaces") else None
+        keys = None
+        if hasattr(space, "spaces"):  # sorted: the flattened order does not hang on the config's
+            keys = sorted(cfg.obs_keys or space.spaces)
+            unknown = sorted(set(keys) - set(space.spaces))
+            if unknown:
+                raise ConfigError(
+                    f"obs_keys {unknown} are not observations of {cfg.env_id} "
+                    f"(it has {sorted(space.spaces)})"
+                )
         return Setup(cfg.env_id, dict(cfg.env_kwargs or {}), obs_keys=keys)
     from robopolicy.checkpoint import load_policy
     from robopolicy.data.hdf5 import load_episodes
@@ -258,6 +267,8 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
     policy = load_policy(base_path, device=device)
     task = read_config(base_path).get("task", {})
     env_id = cfg.env_id or task.get("env_id")
+    if not env_id:
+        raise ConfigError(f"base {base_path} names no task env_id: set env_id=<gymnasium id>")
     env_kwargs = dict(
         cfg.env_kwargs if cfg.env_kwargs is not None else task.get("env_kwargs") or {}
     )
@@ -281,9 +292,15 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
         discrete_dims=discrete,
     )
     demos_path = cfg.demos or task.get("dataset")
-    if cfg.method == "residual" and cfg.demo_fraction > 0 and demos_path:
+    if cfg.method == "residual" and cfg.demo_fraction > 0:
+        if not demos_path:
+            raise ValueError(
+                f"demo_fraction {cfg.demo_fraction} asks for demonstrations, but neither demos= "
+                f"nor the base's task ({base_path}) names a dataset: set demos=<file.hdf5>, or "
+                "demo_fraction=0"
+            )
         episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
-        setup.demos = demo_buffer(policy, episodes, discrete)
+        setup.demos = demo_buffer(policy, episodes, discrete, reward_offset=cfg.reward_offset)
     return setup
 
 
@@ -422,6 +439,7 @@ def _restore(checkpoint: Path, learner: Learner, online: ReplayBuffer, counters:
     state = load_training_state(checkpoint)
     learner.load_training_state(state)
     online.load_state_dict(state["replay"])
+    online.end_episodes()  # the saved episodes do not go on: every env is reset
     counters.update(state["counters"])
     train_state.load_rng_state(state["rng"])
 

@@ -104,8 +104,8 @@ class Learner(SavesTrainingState, nn.Module):
             )
             self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
             self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-            # the target is set in [-1, 1] action units (as SB3 and DSRL's reference); the
-            # actor's log-probs are in its scaled units, d * ln(scale) nats higher
+            # the target is set in [-1, 1] action units (as SB3 and DSRL's reference); in the
+            # actor's scaled units log-probs are d * ln(scale) nats lower, entropies that higher
             unit_target = cfg.target_entropy if cfg.target_entropy is not None else -action_dim
             self.target_entropy = unit_target + action_dim * math.log(cfg.action_scale)
         else:
@@ -127,7 +127,10 @@ class Learner(SavesTrainingState, nn.Module):
             cfg.activation,
         )
         self.explore_noise: Tensor | None = None  # TD3's last exploration noise, per sub-env
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        # TD3's target actor (SAC's targets sample the online actor: it needs none)
+        self.actor_target = (
+            copy.deepcopy(self.actor).requires_grad_(False) if cfg.algo == "td3" else None
+        )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
@@ -169,6 +172,12 @@ class Learner(SavesTrainingState, nn.Module):
         return state
 
     def load_training_state(self, state: dict) -> None:
+        if self.actor_target is None:  # SAC runs saved before its target actor was dropped
+            learner = state["learner"]
+            state = {
+                **state,
+                "learner": {k: v for k, v in learner.items() if not k.startswith("actor_target.")},
+            }
         super().load_training_state(state)
         if "explore_noise" in state:
             self.explore_noise = state["explore_noise"]["noise"]
@@ -183,7 +192,8 @@ class Learner(SavesTrainingState, nn.Module):
             metrics.update(self._update_actor(batch.obs))
         if due:  # TD3 moves its targets with the delayed actor, SAC after every step
             _polyak(self.critic, self.critic_target, self.cfg.tau)
-            _polyak(self.actor, self.actor_target, self.cfg.tau)
+            if self.actor_target is not None:
+                _polyak(self.actor, self.actor_target, self.cfg.tau)
         return metrics
 
     def _update_critic(self, batch: Batch) -> dict[str, float]:

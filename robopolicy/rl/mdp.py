@@ -120,7 +120,8 @@ class SingleStepMDP(MDP):
 
 
 class FlatMDP(SingleStepMDP):
-    """The env's own observations, flattened (``obs_keys`` of a dict space, in that order)."""
+    """The env's own observations, flattened (``obs_keys`` of a dict space, in the order given:
+    ``robopolicy finetune`` sorts them)."""
 
     def __init__(self, envs, seeds, obs_keys: list[str] | None) -> None:
         super().__init__(envs, seeds)

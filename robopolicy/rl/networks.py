@@ -23,15 +23,14 @@ def mlp(
     hidden_dim: int,
     num_layers: int,
     out_dim: int,
-    layer_norm: bool = True,
     activation: str = "relu",
 ) -> nn.Sequential:
-    """``num_layers`` hidden layers of Linear (+ LayerNorm) + activation, then a Linear head."""
+    """``num_layers`` hidden layers of Linear + LayerNorm + activation, then a Linear head."""
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers):
         layers += [nn.Linear(dim, hidden_dim)]
-        layers += [nn.LayerNorm(hidden_dim)] if layer_norm else []
+        layers += [nn.LayerNorm(hidden_dim)]
         layers += [ACTIVATIONS[activation]()]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
@@ -95,11 +94,9 @@ class CriticEnsemble(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def min_of_random_subset(
-    q: Tensor, subset: int, generator: torch.Generator | None = None
-) -> Tensor:
+def min_of_random_subset(q: Tensor, subset: int) -> Tensor:
     """min over ``subset`` heads drawn at random (REDQ; ResFiT uses a pair of its 10 heads)."""
-    heads = torch.randperm(q.shape[0], generator=generator)[:subset]
+    heads = torch.randperm(q.shape[0])[:subset]
     return q[heads].min(dim=0).values
 
 

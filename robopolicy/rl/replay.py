@@ -117,12 +117,12 @@ class ReplayBuffer:
                 torch.tensor([last and not terminated]),
             )
 
-    def sample(self, batch_size: int, n_step: int, gamma: float, generator=None) -> Batch:
+    def sample(self, batch_size: int, n_step: int, gamma: float) -> Batch:
         if self.filled == 0:
             raise ValueError("replay: cannot sample from an empty buffer")
         # rows counted back from the newest: age 0 is the newest row
-        age = torch.randint(0, self.filled, (batch_size,), generator=generator)
-        env = torch.randint(0, self.num_envs, (batch_size,), generator=generator)
+        age = torch.randint(0, self.filled, (batch_size,))
+        env = torch.randint(0, self.num_envs, (batch_size,))
         newest = (self.cursor - 1) % self.rows
         row = (newest - age) % self.rows
         return self._n_step(row, env, age, n_step, gamma)
@@ -166,6 +166,13 @@ class ReplayBuffer:
             getattr(self, name)[:filled] = state[name]
         self.filled = filled
         self.cursor = int(state["cursor"])
+
+    def end_episodes(self) -> None:
+        """Mark each sub-env's newest transition as an episode end (truncated, so it still
+        bootstraps). A resumed run starts fresh episodes; without this, n-step sums would read
+        on from the saved episodes into the new ones' rows."""
+        if self.filled:
+            self.ended[(self.cursor - 1) % self.rows] = True
 
 
 def sample_mixed(

@@ -7,7 +7,7 @@ At every control step of every sub-env::
     actor input  s = [encoder features of the base's observation history, a_base]
     residual     r = scale * tanh(mu(s)) (+ exploration noise), last layer zero-initialised
     executed     a = clip(a_base + r, -1, 1)          <- what the env and the critic see
-                 (open/close dims thresholded to +-1, so the gripper command stays the base's)
+                 (the open/close dims keep the base's +-1 command)
     gripper      with gripper_gain g > 0, the open/close dims get a_base + g * r / scale
                  instead: the critic sees that value, the env its sign, so the residual can
                  open or close the gripper where the base would not (|r| > scale / g flips it)
@@ -98,14 +98,18 @@ class ResidualBase:
 
         The env reads the gripper dimension as a finger position, so an unthresholded residual
         would hold the cube with a slightly open hand. Without a gripper gain the open/close
-        dims are thresholded here (a correction of |r| < 1 never flips a +-1 command, so the
-        gripper stays the base's); with one they stay continuous, a_base + gain * r / scale,
+        dims are the base's +-1 commands, whatever the residual there (or the gripper critic's
+        choice, once it has one); with a gain they stay continuous, a_base + gain * r / scale,
         so that the critic's gradient can reach the decision to open or close.
         """
         base = self.base_action(actor_obs)
         executed = base + residual
         if self.discrete_gain == 0:
-            executed = threshold_discrete(executed.clamp(-1.0, 1.0), self.discrete_dims)
+            is_discrete = torch.zeros(executed.shape[-1], dtype=torch.bool, device=executed.device)
+            is_discrete[list(self.discrete_dims)] = True
+            executed = torch.where(
+                is_discrete, threshold_discrete(base, self.discrete_dims), executed.clamp(-1.0, 1.0)
+            )
             if self.gripper_critic is not None and self.discrete_dims:
                 executed = self.best_discrete(actor_obs, executed)
             return executed
@@ -157,12 +161,17 @@ class ResidualBase:
 
 @torch.no_grad()
 def demo_buffer(
-    policy, episodes, discrete_dims: Sequence[int], capacity: int | None = None
+    policy,
+    episodes,
+    discrete_dims: Sequence[int],
+    capacity: int | None = None,
+    reward_offset: float = 0.0,
 ) -> ReplayBuffer:
     """Demonstrations as transitions (s, a_demo, r, s') with s = [features, relabelled a_base].
 
     An episode whose last step is done (success) is terminal; otherwise it was cut short and
-    bootstraps. Rewards are the dataset's (sparse: 1 on success).
+    bootstraps. Rewards are the dataset's (sparse: 1 on success) plus ``reward_offset``, the
+    shift the online rewards get, so that both halves of a batch share one reward scale.
     """
     base = ResidualBase(policy, 1, discrete_dims)
     total = sum(len(e.actions) for e in episodes)
@@ -178,7 +187,7 @@ def demo_buffer(
         buffer.add_episode(
             states[:-1],
             torch.as_tensor(episode.actions, dtype=torch.float32),
-            torch.as_tensor(episode.rewards, dtype=torch.float32),
+            torch.as_tensor(episode.rewards, dtype=torch.float32) + reward_offset,
             states[1:],
             terminated=bool(episode.dones[-1]),
         )

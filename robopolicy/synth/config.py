@@ -99,6 +99,11 @@ def validate_offline_config(cfg: OfflineConfig) -> None:
         raise ValueError("synthetic.relabel_with_simulator needs synthetic.model")
     if cfg.synthetic.guidance < 0:
         raise ValueError(f"synthetic.guidance must be >= 0, got {cfg.synthetic.guidance}")
-    if cfg.synthetic.regenerate_every < 1 or cfg.steps < 1:
-        raise ValueError("steps and synthetic.regenerate_every must be >= 1")
+    for name in ("steps", "log_every", "save_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.synthetic.regenerate_every < 1:
+        raise ValueError(
+            f"synthetic.regenerate_every must be >= 1, got {cfg.synthetic.regenerate_every}"
+        )
     validate_sampler(cfg.synthetic.sampler)
