@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import load_policy
 from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.files import atomic_save_figure
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.training.bc import train_bc
 from robopolicy.training.config import TrainConfig
@@ -200,7 +201,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     ax.set(ylim=(0, 1.05), ylabel="success rate", title="BC success (Wilson 95% CI)")
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "bc.png", dpi=110)
+    atomic_save_figure(fig, out / "bc.png", dpi=110)
     plt.close(fig)
 
 

@@ -36,6 +36,7 @@ from robopolicy.checkpoint import load_policy, read_config, resolve_checkpoint
 from robopolicy.config import to_dict
 from robopolicy.deploy.client import PolicyClient, ServerError
 from robopolicy.deploy.controller import ControlLoop, SimController
+from robopolicy.files import atomic_save_figure
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate
 from robopolicy.sim.stats import wilson_interval
@@ -234,7 +235,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     ax.set(xlabel="round trip per chunk request (ms)", ylabel="requests", title="served latency")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "deploy.png", dpi=110)
+    atomic_save_figure(fig, out / "deploy.png", dpi=110)
     plt.close(fig)
 
 

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.config import CONFIG_DIR, load_config, to_dict
+from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.rl.offline import load_offline_agent
@@ -208,7 +209,7 @@ def _plot(name: str, entry: dict, path: Path) -> None:
     ax.set(xlabel="agent updates", ylabel="normalised return", title=name)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -30,6 +30,7 @@ from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, w
 from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
+from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.collect import CollectConfig, collect
@@ -324,7 +325,7 @@ def _plot(name: str, entry: dict, cfg: Config, path: Path) -> None:
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

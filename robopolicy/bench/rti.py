@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.bench.training import train_checkpoint
+from robopolicy.files import atomic_save_figure
 from robopolicy.inference.execution import ExecutionConfig
 from robopolicy.sim.schemes import compare_schemes
 
@@ -91,7 +92,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
         ax.set(xscale="log", ylim=(0, 1.08), xlabel="network evaluations per action")
         ax.set(ylabel="success rate", title=f"{name}: success vs inference cost")
     fig.tight_layout()
-    fig.savefig(out / "rti.png", dpi=110)
+    atomic_save_figure(fig, out / "rti.png", dpi=110)
     plt.close(fig)
 
 

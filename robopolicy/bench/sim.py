@@ -23,6 +23,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.files import atomic_save_figure
 from robopolicy.sim.agents import ExpertAgent
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.sim.evaluate import evaluate
@@ -179,7 +180,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    fig.savefig(out / "sim.png", dpi=110)
+    atomic_save_figure(fig, out / "sim.png", dpi=110)
     plt.close(fig)
 
 

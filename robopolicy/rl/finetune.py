@@ -32,7 +32,7 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.device import resolve_device
-from robopolicy.files import atomic_write_text
+from robopolicy.files import atomic_save_figure, atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
 from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
@@ -467,5 +467,5 @@ def _plot(history: list[dict[str, Any]], run_dir: Path, title: str, has_success:
         ax.set(xlabel="env steps", ylabel="eval mean return", title=title)
         path = run_dir / "return.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)

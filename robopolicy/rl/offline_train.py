@@ -29,7 +29,7 @@ from robopolicy.checkpoint import (
     saved_config,
 )
 from robopolicy.config import to_dict
-from robopolicy.files import atomic_write_text
+from robopolicy.files import atomic_save_figure, atomic_write_text
 from robopolicy.rl.actors import FlatObsAgent
 from robopolicy.rl.offline import OfflineAgent
 from robopolicy.runlog import RunLogger, make_run_dir
@@ -228,5 +228,5 @@ def _plot(history: list[dict[str, Any]], run_dir: Path, title: str, normalized: 
     ax.plot([row["step"] for row in history], [row[key] for row in history], marker="o")
     ax.set(xlabel="agent updates", ylabel=key.replace("_", " "), title=title)
     fig.tight_layout()
-    fig.savefig(run_dir / "return.png", dpi=100)
+    atomic_save_figure(fig, run_dir / "return.png", dpi=100)
     plt.close(fig)
