@@ -73,8 +73,10 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from robopolicy.sim.evaluate import summary_line
 
     result = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    done = result["env_steps"] - result["start_env_steps"]
+    resumed = f" ({done} since the resume)" if result["start_env_steps"] else ""
     print(
-        f"{summary_line(result['final'])}; {result['env_steps']} env steps in "
+        f"{summary_line(result['final'])}; {result['env_steps']} env steps{resumed} in "
         f"{result['minutes']:.1f} min -> {result['checkpoint']}"
     )
 

@@ -192,6 +192,7 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
         load_config(None, FinetuneConfig, [f"resume={run_dir / 'checkpoints' / '0000020'}"])
     )
     assert resumed["env_steps"] == 40
+    assert resumed["start_env_steps"] == 20 and result["start_env_steps"] == 0
     assert [r["env_steps"] for r in resumed["history"]][-1] == 40
     _resume_keeps_the_device_unless_told(checkpoint)
 

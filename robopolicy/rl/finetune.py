@@ -228,8 +228,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "checkpoint": str(last_checkpoint),
         "final": final,
         "history": history,
-        "minutes": minutes,
+        "minutes": minutes,  # this process's: a resumed run's earlier time is not in it
         "env_steps": counters["env_steps"],
+        "start_env_steps": start_steps,  # 0, or where a resumed run went on
     }
 
 
