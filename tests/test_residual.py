@@ -243,6 +243,24 @@ def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:
         finetune(_finetune_config(tiny_run, tmp_path, "env_id=robopolicy/PushT-v0"))
 
 
+def test_finetune_names_what_the_base_lacks(tiny_run, tmp_path) -> None:
+    """A base whose task names no dataset (or no env) is an error, not a run without demos."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_run / "checkpoints" / "0000010", base)
+    config = base / "config.yaml"
+    lines = config.read_text().splitlines()
+    config.write_text("\n".join(x for x in lines if not x.strip().startswith("dataset:")))
+    with pytest.raises(ConfigError, match="names a dataset"):
+        finetune(_finetune_config(base, tmp_path))
+    assert not (tmp_path / "rl").exists()
+    lines = config.read_text().splitlines()
+    config.write_text("\n".join(x for x in lines if not x.strip().startswith("env_id:")))
+    with pytest.raises(ConfigError, match="names no task env_id"):
+        finetune(_finetune_config(base, tmp_path))
+
+
 def test_finetune_device_is_checked(tiny_run, tmp_path) -> None:
     from robopolicy.device import resolve_device
     from robopolicy.rl.config import validate_finetune_config

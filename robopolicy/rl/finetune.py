@@ -295,7 +295,7 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
     demos_path = cfg.demos or task.get("dataset")
     if cfg.method == "residual" and cfg.demo_fraction > 0:
         if not demos_path:
-            raise ValueError(
+            raise ConfigError(
                 f"demo_fraction {cfg.demo_fraction} asks for demonstrations, but neither demos= "
                 f"nor the base's task ({base_path}) names a dataset: set demos=<file.hdf5>, or "
                 "demo_fraction=0"

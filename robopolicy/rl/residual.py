@@ -66,6 +66,8 @@ class ResidualBase:
         )
         self.executors = [ChunkExecutor(policy, 1, self.discrete_dims) for _ in range(num_envs)]
         self.action_dim = policy.action_dim
+        self.is_discrete = torch.zeros(self.action_dim, dtype=torch.bool)  # (A,) open/close dims
+        self.is_discrete[list(self.discrete_dims)] = True
         self.feature_dim = policy.obs_encoder.out_dim
         self.obs_dim = self.feature_dim + self.action_dim  # the actor's input size
 
@@ -105,10 +107,10 @@ class ResidualBase:
         base = self.base_action(actor_obs)
         executed = base + residual
         if self.discrete_gain == 0:
-            is_discrete = torch.zeros(executed.shape[-1], dtype=torch.bool, device=executed.device)
-            is_discrete[list(self.discrete_dims)] = True
             executed = torch.where(
-                is_discrete, threshold_discrete(base, self.discrete_dims), executed.clamp(-1.0, 1.0)
+                self.is_discrete.to(executed.device),
+                threshold_discrete(base, self.discrete_dims),
+                executed.clamp(-1.0, 1.0),
             )
             if self.gripper_critic is not None and self.discrete_dims:
                 executed = self.best_discrete(actor_obs, executed)
