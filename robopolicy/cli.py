@@ -73,11 +73,19 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     from robopolicy.sim.evaluate import summary_line
 
     result = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    print(f"{summary_line(result['final'])}; {_finetune_time(result)} -> {result['checkpoint']}")
+
+
+def _finetune_time(result: dict) -> str:
+    """How long the run took: in all, and since a resume (a run resumed from a checkpoint
+    saved before runs kept their clock has no total)."""
+    total = "" if result["minutes"] is None else f" in {result['minutes']:.1f} min"
+    if not result["start_env_steps"]:
+        return f"{result['env_steps']} env steps{total}"
     done = result["env_steps"] - result["start_env_steps"]
-    resumed = f" ({done} since the resume)" if result["start_env_steps"] else ""
-    print(
-        f"{summary_line(result['final'])}; {result['env_steps']} env steps{resumed} in "
-        f"{result['minutes']:.1f} min -> {result['checkpoint']}"
+    return (
+        f"{result['env_steps']} env steps{total} ({done} since the resume, "
+        f"{result['session_minutes']:.1f} min)"
     )
 
 
@@ -269,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  robopolicy bench dsrl_gpu    # on a CUDA GPU, at the papers' network sizes and UTD\n"
         '  robopolicy bench dsrl "methods=[none]" "previous=[runs/bench/residual/<time>]" '
         "base_draws=8\n"
+        '  robopolicy bench dsrl "only=[pickplace]" resume=runs/bench/dsrl/<time>\n'
         "    residual, dsrl: previous= adds an earlier bench's runs from the same base;\n"
+        "    resume= goes on with an interrupted bench in its folder (finished runs are read\n"
+        "    back, the others go on from their newest checkpoints);\n"
         "    base_draws=K: the share of eval episodes the base solves in any of K draws",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -193,8 +193,39 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     )
     assert resumed["env_steps"] == 40
     assert resumed["start_env_steps"] == 20 and result["start_env_steps"] == 0
-    assert [r["env_steps"] for r in resumed["history"]][-1] == 40
+    # the whole run's evals and clock, not only the resumed part's
+    assert [r["env_steps"] for r in resumed["history"]] == [0, 20, 40]
+    assert resumed["history"][0] == result["history"][0]
+    assert resumed["minutes"] > resumed["session_minutes"] > 0
+    _resuming_a_finished_run_reads_it_back(run_dir, resumed)
     _resume_keeps_the_device_unless_told(checkpoint)
+
+
+def _resuming_a_finished_run_reads_it_back(run_dir, finished) -> None:
+    """Resuming a run that ran its budget does no work: it returns the recorded result."""
+    log = (run_dir / "metrics.jsonl").read_text()
+    again = finetune(load_config(None, FinetuneConfig, [f"resume={run_dir}"]))
+    assert (run_dir / "metrics.jsonl").read_text() == log  # nothing evaluated or trained
+    assert again["final"]["success_rate"] == finished["final"]["success_rate"]
+    assert again["history"] == finished["history"]
+    assert again["minutes"] == pytest.approx(finished["minutes"])
+    assert again["session_minutes"] == 0 and again["env_steps"] == 40
+
+
+def test_a_run_resumed_from_a_checkpoint_without_a_clock_has_no_total(
+    tiny_run, tmp_path, capsys
+) -> None:
+    """Checkpoints saved before runs kept their clock resume; the total time is unknown (None,
+    not the resumed part's minutes passed off as the run's) and the summary says so."""
+    finetune(_finetune_config(tiny_run, tmp_path, "eval_every=0"))
+    state_file = tmp_path / "rl" / "checkpoints" / "0000020" / "training_state" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["counters"]["seconds"]
+    state_file.write_text(json.dumps(state))
+    checkpoint = tmp_path / "rl" / "checkpoints" / "0000020"
+    assert main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={checkpoint}"]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert "40 env steps (20 since the resume, " in out and " in " not in out.split(";")[-1]
 
 
 def _resume_keeps_the_device_unless_told(checkpoint) -> None:
@@ -344,6 +375,67 @@ def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(ResidualBase, "step", poisoned)
     with pytest.raises(RLDivergedError, match="non-finite.*last good checkpoint is .*0000020"):
         finetune(_finetune_config(tiny_run, tmp_path, "eval_every=0"))
+
+
+def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
+    """``resume=<bench folder>``: a finished run is read back, an interrupted one goes on from
+    its newest checkpoint, in the same folder; a bench with other settings is refused."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from robopolicy.bench import rl
+
+    tiny = ["agent.hidden_dim=16", "agent.critic_heads=2", "agent.batch_size=8", "num_threads=1"]
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(rl.Config),
+        {
+            "suite": "residual",
+            "tasks": [
+                {
+                    "name": "lift",
+                    "base_train_config": "train/lift_diffusion_mlp_scarce.yaml",
+                    "collect_config": "collect/lift_scarce.yaml",
+                    "base": str(tiny_run),
+                    "methods": {"residual": "rl/residual_lift.yaml"},
+                }
+            ],
+            "seeds": [0, 1],
+            "env_steps": 20,
+            "eval_every": 10,
+            "eval_episodes": 2,
+            "final_eval_episodes": 2,
+            "overrides": ["warmup_steps=10", "critic_warmup_updates=2", "save_every=10", *tiny],
+            "out_root": str(tmp_path),
+        },
+    )
+    first = rl.run(cfg)["tasks"]["lift"]["runs"]
+    out = next((tmp_path / "residual").iterdir())
+    seed1 = out / "lift" / "residual" / "seed1"  # as if killed after its step-10 checkpoint
+    shutil.rmtree(seed1 / "checkpoints" / "0000020")
+    shutil.rmtree(seed1 / "eval-0000020")
+    (seed1 / "checkpoints" / "last").unlink()
+    (seed1 / "checkpoints" / "last").symlink_to("0000010")
+
+    cfg.resume = str(out)
+    resumed = rl.run(cfg)["tasks"]["lift"]["runs"]
+    assert list((tmp_path / "residual").iterdir()) == [out]
+    for key in ("curve", "final_success", "env_steps_to_target", "minutes"):
+        assert resumed["residual/seed0"][key] == first["residual/seed0"][key]
+    assert [step for step, _ in resumed["residual/seed1"]["curve"]] == [0, 10, 20]
+    assert resumed["residual/seed1"]["curve"][:2] == first["residual/seed1"]["curve"][:2]
+    assert resumed["residual/seed1"]["minutes"] > 0
+    assert (seed1 / "checkpoints" / "0000020" / "meta.json").is_file()
+    assert "lift | residual | 2 |" in (out / "report.md").read_text()
+
+    cfg.env_steps = 30
+    with pytest.raises(
+        ConfigError, match="ran with env_steps=20, this bench asks for env_steps=30"
+    ):
+        rl.run(cfg)
+    cfg.env_steps, cfg.resume = 20, str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="is not a bench folder"):
+        rl.run(cfg)
 
 
 def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:

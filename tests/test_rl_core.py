@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -424,3 +425,29 @@ def test_bad_agent_settings_are_named() -> None:
         Learner(AgentConfig(algo="ppo"), 3, 2)
     with pytest.raises(ValueError, match="explore_correlation"):
         Learner(AgentConfig(explore_correlation=1.0), 3, 2)
+
+
+def test_eval_history_follows_the_resumed_lineage(tmp_path, capsys) -> None:
+    """A killed process evaluated steps past its last checkpoint; the resumed process evaluates
+    them again, and its rows are the run's. A line cut short by the kill is skipped."""
+    from robopolicy.rl.run_record import eval_history
+
+    def row(step: int, success: float) -> str:
+        return json.dumps({"step": step, "eval/success_rate": success, "eval/n_episodes": 4})
+
+    lines = [row(0, 0.0), row(10, 0.25), '{"step": 15, "train/updates": 3}', row(20, 0.5)]
+    lines += [row(30, 0.75), '{"step": 35, "eval/succ']  # killed; resumed from step 20
+    lines += [row(30, 1.0), row(40, 0.5)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    history = eval_history(tmp_path, up_to=40)
+    assert [(r["env_steps"], r["success_rate"]) for r in history] == [
+        (0, 0.0),
+        (10, 0.25),
+        (20, 0.5),
+        (30, 1.0),
+        (40, 0.5),
+    ]
+    assert history[0] == {"env_steps": 0, "success_rate": 0.0, "n_episodes": 4}
+    assert "line 6: not JSON, skipped" in capsys.readouterr().out
+    assert [r["env_steps"] for r in eval_history(tmp_path, up_to=20)] == [0, 10, 20]
+    assert eval_history(tmp_path / "nothing", up_to=40) == []

@@ -10,6 +10,11 @@ interval, the env steps at which the eval success first reached ``target``, and 
 ``previous`` brings in runs of an earlier bench (its results.json) for methods this one does not
 run, so curves finished before can sit beside new ones; they are taken only when their task's
 base checkpoint holds the same weights as this one's, and the report names where they came from.
+
+``resume`` goes on with an interrupted bench in its own folder: a run that ran its budget is read
+back, one with checkpoints goes on from its newest, one without starts, and a base it was
+training is finished from its newest checkpoint. Wall times are whole runs' over every process
+(a run resumed from a checkpoint saved before runs kept their clock has none: "n/a").
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.checkpoint import CheckpointError, resolve_checkpoint
+from robopolicy.checkpoint import CheckpointError, read_meta, resolve_checkpoint, saved_config
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
 from robopolicy.files import atomic_save_figure
@@ -70,6 +75,11 @@ class Config:
     # one draw: what the base can do there under some noise, a guide to what steering it can reach
     base_draws: int = 0
     out_root: str = "runs/bench"
+    resume: str = ""  # an interrupted bench's folder (runs/bench/<suite>/<time>) to go on with
+
+
+# the settings a resumed bench must share with the bench it goes on with
+RUN_SETTINGS = ("env_steps", "eval_every", "eval_episodes", "final_eval_episodes")
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -81,7 +91,7 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
     _check_devices(cfg)
-    out = new_run_dir(cfg.out_root, cfg.suite)
+    out = _resumed_folder(cfg) if cfg.resume else new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
         "suite": cfg.suite,
         "machine": machine_info(),
@@ -220,10 +230,38 @@ def _previous_runs(path: Path, bench: dict, task: str, base_digest: str, exclude
     }
 
 
+def _resumed_folder(cfg: Config) -> Path:
+    """The folder of the bench to go on with; its settings (where it got as far as writing them)
+    must be this bench's, or its runs would not be comparable."""
+    out = Path(cfg.resume)
+    if not out.is_dir():
+        raise ConfigError(f"resume: {out} is not a bench folder")
+    results = out / "results.json"
+    if results.is_file():
+        earlier = json.loads(results.read_text())
+        if earlier.get("suite") != cfg.suite:
+            raise ConfigError(
+                f"resume: {out} is a {earlier.get('suite')!r} bench, not {cfg.suite!r}"
+            )
+        for key in RUN_SETTINGS:
+            if earlier["settings"][key] != getattr(cfg, key):
+                raise ConfigError(
+                    f"resume: {out} ran with {key}={earlier['settings'][key]}, this bench asks "
+                    f"for {key}={getattr(cfg, key)}"
+                )
+    return out
+
+
 def _train_base(task: Task, out: Path) -> Path:
+    run_dir = out / task.name / "base"
     train_cfg = load_config(
-        CONFIG_DIR / task.base_train_config, TrainConfig, [f"run_dir={out / task.name / 'base'}"]
+        CONFIG_DIR / task.base_train_config, TrainConfig, [f"run_dir={run_dir}"]
     )
+    if any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")):  # a resumed bench's
+        newest = resolve_checkpoint(run_dir)
+        if read_meta(newest)["step"] >= train_cfg.optim.steps:
+            return newest
+        train_cfg.resume = str(newest)
     if not Path(train_cfg.task.dataset).exists():
         collect(
             load_config(
@@ -262,6 +300,8 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
     ft_cfg = load_config(CONFIG_DIR / config, FinetuneConfig, overrides)
     if ft_cfg.method in BASE_METHODS:  # every method starts from this bench's base
         ft_cfg.base = str(base)
+    if any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")):  # a resumed bench's
+        ft_cfg.resume = str(_resumable(run_dir, ft_cfg))
     result = finetune(ft_cfg)
     history = result["history"]
     # the step-0 eval is the untrained starting point: reaching the target needs learning
@@ -284,6 +324,19 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
         "final_n": final["n_episodes"],
         "checkpoint": result["checkpoint"],
     }
+
+
+def _resumable(run_dir: Path, wanted: FinetuneConfig) -> Path:
+    """The newest checkpoint of an interrupted run, checked to be the run this bench asks for."""
+    newest = resolve_checkpoint(run_dir)
+    saved = saved_config(newest, "finetune", FinetuneConfig)
+    for key in ("method", "seed", "base", *RUN_SETTINGS):
+        if getattr(saved, key) != getattr(wanted, key):
+            raise ConfigError(
+                f"resume: {run_dir} ran with {key}={getattr(saved, key)}, this bench asks for "
+                f"{key}={getattr(wanted, key)}"
+            )
+    return newest
 
 
 def _by_method(entry: dict) -> dict[str, list[dict]]:
@@ -374,7 +427,9 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                     f"{start:.0%}",
                     finals,
                     ", ".join("never" if s is None else str(s) for s in reached),
-                    ", ".join(f"{r['minutes']:.1f}" for r in runs),
+                    ", ".join(
+                        "n/a" if r["minutes"] is None else f"{r['minutes']:.1f}" for r in runs
+                    ),
                 ]
             )
     return rows

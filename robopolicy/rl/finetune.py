@@ -5,8 +5,11 @@ transition, do ``updates_per_step`` gradient updates per agent step (an env step
 executed chunk; critic only for the first ``critic_warmup_updates``), and evaluate, log and
 checkpoint on env-step boundaries.
 
-Resuming restores the learner, its optimisers, the online replay, the counters and the RNG;
-episodes that were running at the checkpoint start afresh (their transitions so far are kept).
+Resuming restores the learner, its optimisers, the online replay, the counters (with the run's
+wall clock) and the RNG; episodes that were running at the checkpoint start afresh (their
+transitions so far are kept). The result, plot and summary cover the whole run: the evals before
+the resume are read back from ``metrics.jsonl``. Resuming a run that already ran its budget
+returns its recorded result.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tqdm import tqdm
 from robopolicy.checkpoint import (
     load_training_state,
     read_config,
+    read_meta,
     resolve_checkpoint,
     save_checkpoint,
     saved_config,
@@ -40,6 +44,7 @@ from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
+from robopolicy.rl.run_record import eval_history, finished_result
 from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
@@ -70,6 +75,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
         cfg = _resumed_config(cfg, resume_from)
+        if read_meta(resume_from)["step"] >= cfg.env_steps:
+            print(f"[finetune] {resume_from} already ran the budget of {cfg.env_steps} env steps")
+            return finished_result(resume_from)
     validate_finetune_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -84,7 +92,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
     asynchronous = not cfg.method.startswith("dsrl")
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
-    counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0}
+    # seconds: the run's wall clock at the last save, over every process that ran it (None when
+    # resumed from a checkpoint saved before runs kept it)
+    counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0, "seconds": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
         learner = _make_learner(cfg, mdp).to(device)
@@ -102,9 +112,19 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     running_return = np.zeros(cfg.num_envs)
     running_success = np.zeros(cfg.num_envs, dtype=bool)
     last_checkpoint: Path | None = resume_from
-    history: list[dict[str, Any]] = []
+    history = eval_history(run_dir, counters["env_steps"]) if resume_from is not None else []
     update_metrics: dict[str, float] = {}
-    start, start_steps = time.perf_counter(), counters["env_steps"]
+    start, start_steps, start_seconds = (
+        time.perf_counter(),
+        counters["env_steps"],
+        counters["seconds"],
+    )
+
+    def tick() -> None:
+        """The run's clock to now, for the checkpoint about to be saved."""
+        if start_seconds is not None:
+            counters["seconds"] = start_seconds + time.perf_counter() - start
+
     progress = tqdm(
         total=cfg.env_steps, initial=counters["env_steps"], desc=f"finetune {cfg.name}", unit="step"
     )
@@ -202,11 +222,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
                 evaluate_now(cfg.eval_episodes)
             if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
+                tick()
                 last_checkpoint = _save(
                     run_dir, cfg, setup, learner, online, counters, {}, _gripper_critic(mdp)
                 )
         progress.close()
         final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
+        tick()
         last_checkpoint = _save(
             run_dir,
             cfg,
@@ -221,14 +243,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         progress.close()
         envs.close()
         logger.close()
-    minutes = (time.perf_counter() - start) / 60
+    seconds = counters["seconds"]
     _plot(history, run_dir, cfg.name, has_success=setup.env_id.startswith("robopolicy/"))
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(last_checkpoint),
         "final": final,
         "history": history,
-        "minutes": minutes,  # this process's: a resumed run's earlier time is not in it
+        "minutes": None if seconds is None else seconds / 60,  # the whole run's
+        "session_minutes": (time.perf_counter() - start) / 60,  # this process's
         "env_steps": counters["env_steps"],
         "start_env_steps": start_steps,  # 0, or where a resumed run went on
     }
@@ -442,6 +465,8 @@ def _restore(checkpoint: Path, learner: Learner, online: ReplayBuffer, counters:
     online.load_state_dict(state["replay"])
     online.end_episodes()  # the saved episodes do not go on: every env is reset
     counters.update(state["counters"])
+    if "seconds" not in state["counters"]:
+        counters["seconds"] = None  # saved before runs kept their clock: the total is unknown
     train_state.load_rng_state(state["rng"])
 
 

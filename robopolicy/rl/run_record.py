@@ -1,0 +1,70 @@
+"""What a finetune run has recorded, read back: its eval history from ``metrics.jsonl`` and,
+for a run that already ran its budget, its final result. A resumed run (or a resumed bench)
+reports the whole run, not only the part after the resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from robopolicy.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+
+EVAL_PREFIX = "eval/"
+
+
+def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
+    """The run's eval rows at env steps ``<= up_to``, one per env step, in step order.
+
+    Where a step was evaluated twice, the later row is the run's: a process killed after its
+    last checkpoint evaluated steps that the resumed process evaluates again, and only the
+    resumed process's policy leads on to the newer checkpoints."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # cut short by a kill mid-write: that row is lost
+            print(f"[run record] {path}, line {number}: not JSON, skipped")
+            continue
+        evals = {k[len(EVAL_PREFIX) :]: v for k, v in row.items() if k.startswith(EVAL_PREFIX)}
+        if evals and row["step"] <= up_to:
+            by_step[row["step"]] = {"env_steps": row["step"], **evals}
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def run_seconds(checkpoint: Path) -> float | None:
+    """The run's wall seconds up to ``checkpoint``, over all the processes that made it; None
+    for checkpoints saved before runs kept their clock."""
+    state = resolve_checkpoint(checkpoint) / "training_state" / "state.json"
+    if not state.is_file():
+        raise CheckpointError(f"{state.parent}: no training state to read the run's clock from")
+    return json.loads(state.read_text())["counters"].get("seconds")
+
+
+def finished_result(checkpoint: Path) -> dict[str, Any]:
+    """The result of a run whose ``checkpoint`` is its last (the budget ran out): its final
+    eval (``eval-<step>/eval.json``), eval history and wall time, as ``finetune`` returns them."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    run_dir = checkpoint.parent.parent
+    step = int(read_meta(checkpoint)["step"])
+    final_file = run_dir / f"eval-{step:07d}" / "eval.json"
+    if not final_file.is_file():
+        raise CheckpointError(
+            f"{checkpoint} ends the run, but its final eval {final_file} is missing"
+        )
+    seconds = run_seconds(checkpoint)
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "final": json.loads(final_file.read_text()),
+        "history": eval_history(run_dir, step),
+        "minutes": None if seconds is None else seconds / 60,
+        "session_minutes": 0.0,
+        "env_steps": step,
+        "start_env_steps": step,
+    }
