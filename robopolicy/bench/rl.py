@@ -463,8 +463,20 @@ def _report(results: dict) -> str:
             *[f"![{t}]({t}.png)" for t in results["tasks"]],
             "",
             *_sources(results),
+            *_unclocked(results),
         ]
     )
+
+
+def _unclocked(results: dict) -> list[str]:
+    """A note for wall times shown as n/a."""
+    if all(r["minutes"] is not None for e in results["tasks"].values() for r in e["runs"].values()):
+        return []
+    return [
+        "Wall time n/a: the run was resumed from a checkpoint saved before runs kept their "
+        "clock, so its total time is unknown.",
+        "",
+    ]
 
 
 def _sources(results: dict) -> list[str]:
