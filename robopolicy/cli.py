@@ -83,6 +83,8 @@ def _finetune_time(result: dict) -> str:
     if not result["start_env_steps"]:
         return f"{result['env_steps']} env steps{total}"
     done = result["env_steps"] - result["start_env_steps"]
+    if not done:
+        return f"{result['env_steps']} env steps{total} (the run had already ended)"
     return (
         f"{result['env_steps']} env steps{total} ({done} since the resume, "
         f"{result['session_minutes']:.1f} min)"

@@ -226,6 +226,10 @@ def test_a_run_resumed_from_a_checkpoint_without_a_clock_has_no_total(
     assert main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={checkpoint}"]) == 0
     out = capsys.readouterr().out.splitlines()[-1]
     assert "40 env steps (20 since the resume, " in out and " in " not in out.split(";")[-1]
+    assert (
+        main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={tmp_path / 'rl'}"]) == 0
+    )
+    assert "40 env steps (the run had already ended)" in capsys.readouterr().out
 
 
 def _resume_keeps_the_device_unless_told(checkpoint) -> None:
