@@ -592,3 +592,29 @@ def test_finetune_command_reports_bad_input(tmp_path, capsys) -> None:
     scratch = ["configs/rl/sac_scratch_lift.yaml", f"run_dir={tmp_path / 'rl'}"]
     assert main(["finetune", *scratch, "obs_keys=[object,cube_velocity]"]) == 2
     assert "obs_keys ['cube_velocity'] are not observations" in capsys.readouterr().err
+
+
+def test_resumed_bench_keeps_or_finishes_the_base_it_trained(tiny_run, tmp_path) -> None:
+    """A resumed bench reuses the base it had trained to its steps, and finishes one it was
+    still training from the newest checkpoint (rather than refusing its folder)."""
+    import shutil
+
+    import yaml
+
+    from robopolicy.bench import rl
+    from robopolicy.checkpoint import read_meta
+
+    out = tmp_path / "bench"
+    shutil.copytree(tiny_run, out / "lift" / "base", symlinks=True)
+    saved = read_config(tiny_run)
+    saved.pop("shapes")
+    saved.pop("resume", None)
+    train_config = tmp_path / "tiny_train.yaml"
+    train_config.write_text(yaml.safe_dump(saved))
+    task = rl.Task("lift", str(train_config), "collect/lift_scarce.yaml")
+    finished = rl._train_base(task, out)
+    assert finished.name == "0000010" and read_meta(finished)["step"] == 10
+
+    saved["optim"]["steps"] = 20
+    train_config.write_text(yaml.safe_dump(saved))
+    assert read_meta(rl._train_base(task, out))["step"] == 20
