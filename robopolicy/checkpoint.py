@@ -83,6 +83,12 @@ def save_checkpoint(
     return directory
 
 
+def saved_steps(run_dir: str | Path) -> list[Path]:
+    """The numbered checkpoints of a run, oldest first (none for a run that saved nothing)."""
+    steps = [p for p in (Path(run_dir) / "checkpoints").glob("*") if p.name.isdigit()]
+    return sorted(steps, key=lambda p: int(p.name))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint dir, a ``checkpoints/`` dir, a run dir, or ``runs/<name>`` (its newest
     run); return the checkpoint dir."""

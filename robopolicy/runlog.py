@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robopolicy.checkpoint import saved_steps
+
 
 class RunLogger:
     """``metrics.jsonl`` (one JSON object per line) and TensorBoard, on rank 0 only."""
@@ -19,7 +21,11 @@ class RunLogger:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        path = run_dir / "metrics.jsonl"
+        cut_short = _ends_mid_line(path)
+        self.jsonl = path.open("a")
+        if cut_short:  # a kill mid-write: the rows appended now start on a line of their own
+            self.jsonl.write("\n")
         self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, step: int, prefix: str, metrics: dict[str, Any]) -> None:
@@ -38,6 +44,14 @@ class RunLogger:
             self.tb.close()
 
 
+def _ends_mid_line(path: Path) -> bool:
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as file:
+        file.seek(-1, 2)
+        return file.read(1) != b"\n"
+
+
 def eval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "success_rate": summary["success_rate"],
@@ -54,8 +68,7 @@ def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Pa
     if resume_from is not None:
         return resume_from.parent.parent
     path = Path(run_dir or Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
-    steps = [p for p in (path / "checkpoints").glob("*") if p.name.isdigit()]
-    earlier = sorted(steps, key=lambda p: int(p.name))
+    earlier = saved_steps(path)
     if earlier:
         # A fresh run would overwrite them step by step: refuse rather than lose that run.
         raise FileExistsError(

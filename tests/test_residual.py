@@ -426,8 +426,12 @@ def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
     state_file.write_text(json.dumps(state))
 
     cfg.resume = str(out)
+    cfg.tasks[0].base = str(tiny_run / "checkpoints" / "last")  # the same base, spelt otherwise
+    base_eval = out / "lift" / "base_eval" / "eval.json"
+    made = base_eval.stat().st_mtime_ns
     resumed = rl.run(cfg)["tasks"]["lift"]["runs"]
     assert list((tmp_path / "residual").iterdir()) == [out]
+    assert base_eval.stat().st_mtime_ns == made  # read back, not evaluated again
     for key in ("curve", "final_success", "env_steps_to_target", "minutes"):
         assert resumed["residual/seed0"][key] == first["residual/seed0"][key]
     assert [step for step, _ in resumed["residual/seed1"]["curve"]] == [0, 10, 20]
@@ -435,15 +439,21 @@ def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
     assert resumed["residual/seed1"]["minutes"] is None
     assert (seed1 / "checkpoints" / "0000020" / "meta.json").is_file()
     report = (out / "report.md").read_text()
-    assert "lift | residual | 2 |" in report and "Wall time n/a: the run was resumed" in report
+    assert "lift | residual | 2 |" in report and "Wall time n/a: the run's checkpoints" in report
+    # a resume of one seed keeps the other seed's run in the report
+    cfg.seeds = [1]
+    assert sorted(rl.run(cfg)["tasks"]["lift"]["runs"]) == ["residual/seed0", "residual/seed1"]
 
+    cfg.overrides = [*cfg.overrides, "agent.hidden_dim=32"]
+    with pytest.raises(ConfigError, match=r"another config .*agent.hidden_dim=16 \(now 32\)"):
+        rl.run(cfg)
     cfg.env_steps = 30
     with pytest.raises(
         ConfigError, match="ran with env_steps=20, this bench asks for env_steps=30"
     ):
         rl.run(cfg)
     cfg.env_steps, cfg.resume = 20, str(tmp_path / "nothing")
-    with pytest.raises(ConfigError, match="is not a bench folder"):
+    with pytest.raises(ConfigError, match="is not a bench folder of suite 'residual'"):
         rl.run(cfg)
 
 

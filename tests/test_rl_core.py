@@ -451,3 +451,36 @@ def test_eval_history_follows_the_resumed_lineage(tmp_path, capsys) -> None:
     assert "line 6: not JSON, skipped" in capsys.readouterr().out
     assert [r["env_steps"] for r in eval_history(tmp_path, up_to=20)] == [0, 10, 20]
     assert eval_history(tmp_path / "nothing", up_to=40) == []
+
+
+def test_a_checkpoint_keeps_the_evals_that_led_to_it(tmp_path) -> None:
+    """DSRL's eval steps differ between a killed process and the resumed one (chunks end early
+    with episodes): the checkpoint's own history is the run's, whatever metrics.jsonl holds."""
+    from robopolicy.rl.run_record import run_seconds, saved_history
+
+    history = [{"env_steps": 0, "success_rate": 0.5}, {"env_steps": 2510, "success_rate": 0.75}]
+    state = {"counters": {"env_steps": 2600, "seconds": 12.5}, "history": history}
+    checkpoint = save_checkpoint(
+        tmp_path / "run" / "checkpoints" / "0002600",
+        {"w": torch.zeros(1)},
+        {},
+        step=2600,
+        training_state=state,
+    )
+    rows = [{"step": 2503, "eval/success_rate": 0.0}, {"step": 2510, "eval/success_rate": 0.75}]
+    (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    assert saved_history(checkpoint) == history
+    assert run_seconds(checkpoint) == 12.5
+
+
+def test_a_log_cut_mid_line_gets_its_next_row_whole(tmp_path) -> None:
+    from robopolicy.rl.run_record import eval_history
+    from robopolicy.runlog import RunLogger
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 0, "eval/success_rate": 0.5}\n{"step": 5, "ev'
+    )
+    logger = RunLogger(tmp_path, enabled=True)
+    logger.log(10, "eval", {"success_rate": 1.0})
+    logger.close()
+    assert [r["env_steps"] for r in eval_history(tmp_path, up_to=10)] == [0, 10]

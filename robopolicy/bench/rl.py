@@ -12,9 +12,11 @@ run, so curves finished before can sit beside new ones; they are taken only when
 base checkpoint holds the same weights as this one's, and the report names where they came from.
 
 ``resume`` goes on with an interrupted bench in its own folder: a run that ran its budget is read
-back, one with checkpoints goes on from its newest, one without starts, and a base it was
-training is finished from its newest checkpoint. Wall times are whole runs' over every process
-(a run resumed from a checkpoint saved before runs kept their clock has none: "n/a").
+back, one with checkpoints goes on from its newest (its config checked to be the one this bench
+asks for), one without starts, a base it was training is finished from its newest checkpoint,
+and the base evals made before are read back. Runs of the earlier results that this bench does
+not select stay in its report. Wall times are whole runs', summed over the processes whose work
+led to the final checkpoint (runs whose checkpoints predate the clock have none: "n/a").
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
-from robopolicy.checkpoint import CheckpointError, read_meta, resolve_checkpoint, saved_config
+from robopolicy.checkpoint import (
+    CheckpointError,
+    read_meta,
+    resolve_checkpoint,
+    saved_config,
+    saved_steps,
+)
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
 from robopolicy.files import atomic_save_figure
@@ -80,6 +88,10 @@ class Config:
 
 # the settings a resumed bench must share with the bench it goes on with
 RUN_SETTINGS = ("env_steps", "eval_every", "eval_episodes", "final_eval_episodes")
+# a resumed run's config must equal the one this bench would start, but for these: where it
+# runs (device, threads), where it is written, and the base (compared by the checkpoint it
+# names, not by how the path is spelt)
+RESUME_FREE_KEYS = ("device", "num_threads", "run_dir", "resume", "base")
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -91,7 +103,7 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
     _check_devices(cfg)
-    out = _resumed_folder(cfg) if cfg.resume else new_run_dir(cfg.out_root, cfg.suite)
+    out, before = _resumed_folder(cfg) if cfg.resume else (new_run_dir(cfg.out_root, cfg.suite), {})
     results: dict[str, Any] = {
         "suite": cfg.suite,
         "machine": machine_info(),
@@ -110,23 +122,22 @@ def run(cfg: Config) -> dict[str, Any]:
                 "base_draws",
             )
         },
-        "tasks": {},
+        "tasks": dict(before.get("tasks", {})),  # a resumed bench keeps what it does not rerun
     }
     for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
         # an earlier bench's base, when this task has none: its runs then stay comparable
         base = task.base or _earlier_base(earlier, task.name) or _train_base(task, out)
         run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
-        entry: dict[str, Any] = {"base": str(base), "runs": {}}
+        kept = results["tasks"].get(task.name, {}).get("runs", {})
+        entry: dict[str, Any] = {"base": str(base), "runs": dict(kept)}
         digest = _weights_digest(base, f"task {task.name!r}") if earlier else None
         for path, bench in earlier:
             for key, run in _previous_runs(path, bench, task.name, digest, run_here).items():
-                if key in entry["runs"] and entry["runs"][key]["from"] == run["from"]:
+                if key in entry["runs"] and entry["runs"][key].get("from") == run["from"]:
                     continue  # the same run, brought in by two benches
                 if key in entry["runs"]:
-                    raise ConfigError(
-                        f"previous: {task.name} {key} is in both {entry['runs'][key]['from']} "
-                        f"and {path}"
-                    )
+                    where = entry["runs"][key].get("from", f"this bench ({out})")
+                    raise ConfigError(f"previous: {task.name} {key} is in both {where} and {path}")
                 entry["runs"][key] = run
         print(f"[bench {cfg.suite}] {task.name} base policy")
         base_eval = _seeded_eval(base, cfg, out / task.name / "base_eval", sampler_seed=0)
@@ -157,7 +168,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
     """The base's final-size eval with its sampler seeded (the envs' seeds are the eval seeds),
-    so the base's figure repeats from one bench to the next (the global RNG is left as it was)."""
+    so the base's figure repeats from one bench to the next (the global RNG is left as it was).
+    A resumed bench reads back the eval it made before: the same seeds give the same figure."""
+    made = out / "eval.json"
+    if cfg.resume and made.is_file():
+        return json.loads(made.read_text())
     return run_eval_config(
         EvalConfig(
             checkpoint=str(base),
@@ -230,13 +245,17 @@ def _previous_runs(path: Path, bench: dict, task: str, base_digest: str, exclude
     }
 
 
-def _resumed_folder(cfg: Config) -> Path:
-    """The folder of the bench to go on with; its settings (where it got as far as writing them)
-    must be this bench's, or its runs would not be comparable."""
+def _resumed_folder(cfg: Config) -> tuple[Path, dict[str, Any]]:
+    """The folder of the bench to go on with, and its results so far ({} if it wrote none);
+    its settings must be this bench's, or its runs would not be comparable."""
     out = Path(cfg.resume)
-    if not out.is_dir():
-        raise ConfigError(f"resume: {out} is not a bench folder")
     results = out / "results.json"
+    if not results.is_file() and not any((out / task.name).is_dir() for task in cfg.tasks):
+        raise ConfigError(
+            f"resume: {out} is not a bench folder of suite {cfg.suite!r} (no results.json and "
+            f"no task folder {sorted(task.name for task in cfg.tasks)})"
+        )
+    earlier: dict[str, Any] = {}
     if results.is_file():
         earlier = json.loads(results.read_text())
         if earlier.get("suite") != cfg.suite:
@@ -249,15 +268,18 @@ def _resumed_folder(cfg: Config) -> Path:
                     f"resume: {out} ran with {key}={earlier['settings'][key]}, this bench asks "
                     f"for {key}={getattr(cfg, key)}"
                 )
-    return out
+    return out, earlier
 
 
 def _train_base(task: Task, out: Path) -> Path:
+    """The task's base, trained in the bench's folder. A resumed bench keeps the base it had
+    trained to its steps, and finishes one it was still training from its newest checkpoint
+    (a fresh run there would refuse the folder that holds it)."""
     run_dir = out / task.name / "base"
     train_cfg = load_config(
         CONFIG_DIR / task.base_train_config, TrainConfig, [f"run_dir={run_dir}"]
     )
-    if any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")):  # a resumed bench's
+    if saved_steps(run_dir):
         newest = resolve_checkpoint(run_dir)
         if read_meta(newest)["step"] >= train_cfg.optim.steps:
             return newest
@@ -270,7 +292,7 @@ def _train_base(task: Task, out: Path) -> Path:
                 [f"output={train_cfg.task.dataset}"],
             )
         )
-    return Path(train_bc(train_cfg)["checkpoint"])
+    return resolve_checkpoint(train_bc(train_cfg)["checkpoint"])
 
 
 def _check_devices(cfg: Config) -> None:
@@ -300,7 +322,7 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
     ft_cfg = load_config(CONFIG_DIR / config, FinetuneConfig, overrides)
     if ft_cfg.method in BASE_METHODS:  # every method starts from this bench's base
         ft_cfg.base = str(base)
-    if any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*")):  # a resumed bench's
+    if saved_steps(run_dir):  # an interrupted (or finished) run of the bench resumed here
         ft_cfg.resume = str(_resumable(run_dir, ft_cfg))
     result = finetune(ft_cfg)
     history = result["history"]
@@ -330,13 +352,31 @@ def _resumable(run_dir: Path, wanted: FinetuneConfig) -> Path:
     """The newest checkpoint of an interrupted run, checked to be the run this bench asks for."""
     newest = resolve_checkpoint(run_dir)
     saved = saved_config(newest, "finetune", FinetuneConfig)
-    for key in ("method", "seed", "base", *RUN_SETTINGS):
-        if getattr(saved, key) != getattr(wanted, key):
-            raise ConfigError(
-                f"resume: {run_dir} ran with {key}={getattr(saved, key)}, this bench asks for "
-                f"{key}={getattr(wanted, key)}"
-            )
+    if wanted.base and resolve_checkpoint(saved.base) != resolve_checkpoint(wanted.base):
+        raise ConfigError(f"resume: {run_dir} ran from base {saved.base}, not {wanted.base}")
+    before, now = _flat(to_dict(saved)), _flat(to_dict(wanted))
+    differ = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if key.split(".")[0] not in RESUME_FREE_KEYS and before.get(key) != now.get(key)
+    )
+    if differ:
+        raise ConfigError(
+            f"resume: {run_dir} ran with another config than this bench asks for: "
+            + ", ".join(f"{k}={before.get(k)} (now {now.get(k)})" for k in differ)
+        )
     return newest
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"agent": {"lr": 1}}`` as ``{"agent.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _by_method(entry: dict) -> dict[str, list[dict]]:
@@ -473,8 +513,8 @@ def _unclocked(results: dict) -> list[str]:
     if all(r["minutes"] is not None for e in results["tasks"].values() for r in e["runs"].values()):
         return []
     return [
-        "Wall time n/a: the run was resumed from a checkpoint saved before runs kept their "
-        "clock, so its total time is unknown.",
+        "Wall time n/a: the run's checkpoints were saved before runs kept their clock (it ran, "
+        "or was resumed, on older code), so its total time is unknown.",
         "",
     ]
 

@@ -7,9 +7,9 @@ checkpoint on env-step boundaries.
 
 Resuming restores the learner, its optimisers, the online replay, the counters (with the run's
 wall clock) and the RNG; episodes that were running at the checkpoint start afresh (their
-transitions so far are kept). The result, plot and summary cover the whole run: the evals before
-the resume are read back from ``metrics.jsonl``. Resuming a run that already ran its budget
-returns its recorded result.
+transitions so far are kept). The result, plot and summary cover the whole run: each checkpoint
+keeps the eval history that led to it. Resuming a run that already ran its budget returns its
+recorded result.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
-from robopolicy.rl.run_record import eval_history, finished_result
+from robopolicy.rl.run_record import finished_result, saved_history
 from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
@@ -92,8 +92,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
     asynchronous = not cfg.method.startswith("dsrl")
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
-    # seconds: the run's wall clock at the last save, over every process that ran it (None when
-    # resumed from a checkpoint saved before runs kept it)
+    # seconds: the run's wall clock at the last save, summed over the processes whose work led
+    # to that checkpoint (None when resumed from a checkpoint saved before runs kept it)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0, "seconds": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
@@ -112,7 +112,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     running_return = np.zeros(cfg.num_envs)
     running_success = np.zeros(cfg.num_envs, dtype=bool)
     last_checkpoint: Path | None = resume_from
-    history = eval_history(run_dir, counters["env_steps"]) if resume_from is not None else []
+    history = saved_history(resume_from) if resume_from is not None else []
     update_metrics: dict[str, float] = {}
     start, start_steps, start_seconds = (
         time.perf_counter(),
@@ -224,7 +224,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
                 tick()
                 last_checkpoint = _save(
-                    run_dir, cfg, setup, learner, online, counters, {}, _gripper_critic(mdp)
+                    run_dir,
+                    cfg,
+                    setup,
+                    learner,
+                    online,
+                    counters,
+                    history,
+                    {},
+                    _gripper_critic(mdp),
                 )
         progress.close()
         final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
@@ -236,6 +244,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             learner,
             online,
             counters,
+            history,
             eval_metrics(final),
             _gripper_critic(mdp),
         )
@@ -422,6 +431,7 @@ def _save(
     learner: Learner,
     online: ReplayBuffer,
     counters: dict,
+    history: list[dict[str, Any]],
     metrics: dict,
     gripper_critic: torch.nn.Module | None,
 ) -> Path:
@@ -444,6 +454,7 @@ def _save(
         **learner.training_state(),
         "replay": online.state_dict(),
         "counters": counters,
+        "history": history,  # the evals that led here: a resumed run reports the whole run
         "rng": train_state.rng_state(),
     }
     weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}

@@ -1,6 +1,6 @@
-"""What a finetune run has recorded, read back: its eval history from ``metrics.jsonl`` and,
-for a run that already ran its budget, its final result. A resumed run (or a resumed bench)
-reports the whole run, not only the part after the resume."""
+"""What a finetune run has recorded, read back from a checkpoint: the evals that led to it, its
+wall clock and, for a run that already ran its budget, its final result. A resumed run (or a
+resumed bench) then reports the whole run, not only the part after the resume."""
 
 from __future__ import annotations
 
@@ -13,12 +13,23 @@ from robopolicy.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 EVAL_PREFIX = "eval/"
 
 
-def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
-    """The run's eval rows at env steps ``<= up_to``, one per env step, in step order.
+def saved_history(checkpoint: Path) -> list[dict[str, Any]]:
+    """The eval rows that led to ``checkpoint``, as its training state keeps them; for
+    checkpoints saved before it kept them, read back from the run's ``metrics.jsonl``."""
+    state = _state(checkpoint)
+    if "history" in state:
+        return state["history"]
+    checkpoint = resolve_checkpoint(checkpoint)
+    return eval_history(checkpoint.parent.parent, int(read_meta(checkpoint)["step"]))
 
-    Where a step was evaluated twice, the later row is the run's: a process killed after its
-    last checkpoint evaluated steps that the resumed process evaluates again, and only the
-    resumed process's policy leads on to the newer checkpoints."""
+
+def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
+    """The eval rows of ``metrics.jsonl`` at env steps ``<= up_to``, one per env step, the last
+    written winning: a process killed after its last checkpoint evaluated steps that the
+    resumed process evaluates again. Exact where evals fall on the same env steps in every
+    process (residual RL's fixed grid); DSRL's chunks end early with episodes, so a killed
+    process's eval steps can differ and its rows stay in (the reason checkpoints now keep
+    their own history)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -38,12 +49,9 @@ def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
 
 
 def run_seconds(checkpoint: Path) -> float | None:
-    """The run's wall seconds up to ``checkpoint``, over all the processes that made it; None
-    for checkpoints saved before runs kept their clock."""
-    state = resolve_checkpoint(checkpoint) / "training_state" / "state.json"
-    if not state.is_file():
-        raise CheckpointError(f"{state.parent}: no training state to read the run's clock from")
-    return json.loads(state.read_text())["counters"].get("seconds")
+    """The run's wall seconds up to ``checkpoint``, summed over the processes whose work led to
+    it; None for checkpoints saved before runs kept their clock."""
+    return _state(checkpoint)["counters"].get("seconds")
 
 
 def finished_result(checkpoint: Path) -> dict[str, Any]:
@@ -62,9 +70,17 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "final": json.loads(final_file.read_text()),
-        "history": eval_history(run_dir, step),
+        "history": saved_history(checkpoint),
         "minutes": None if seconds is None else seconds / 60,
         "session_minutes": 0.0,
         "env_steps": step,
         "start_env_steps": step,
     }
+
+
+def _state(checkpoint: Path) -> dict[str, Any]:
+    """The plain (JSON) part of a checkpoint's training state."""
+    path = resolve_checkpoint(checkpoint) / "training_state" / "state.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: no training state to read the run's record from")
+    return json.loads(path.read_text())
