@@ -381,17 +381,14 @@ def test_nan_observations_stop_cleanly(tiny_run, tmp_path, monkeypatch) -> None:
         finetune(_finetune_config(tiny_run, tmp_path, "eval_every=0"))
 
 
-def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
-    """``resume=<bench folder>``: a finished run is read back, an interrupted one goes on from
-    its newest checkpoint, in the same folder; a bench with other settings is refused."""
-    import shutil
-
+def _tiny_bench(tiny_run, tmp_path, *overrides: str):
+    """A residual bench on Lift from the tiny base: 2 seeds of 20 env steps, evals every 10."""
     from omegaconf import OmegaConf
 
     from robopolicy.bench import rl
 
     tiny = ["agent.hidden_dim=16", "agent.critic_heads=2", "agent.batch_size=8", "num_threads=1"]
-    cfg = OmegaConf.merge(
+    return OmegaConf.merge(
         OmegaConf.structured(rl.Config),
         {
             "suite": "residual",
@@ -409,10 +406,20 @@ def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
             "eval_every": 10,
             "eval_episodes": 2,
             "final_eval_episodes": 2,
-            "overrides": ["warmup_steps=10", "critic_warmup_updates=2", "save_every=10", *tiny],
+            "overrides": ["warmup_steps=10", "critic_warmup_updates=2", *overrides, *tiny],
             "out_root": str(tmp_path),
         },
     )
+
+
+def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
+    """``resume=<bench folder>``: a finished run is read back, an interrupted one goes on from
+    its newest checkpoint, in the same folder; a bench with other settings is refused."""
+    import shutil
+
+    from robopolicy.bench import rl
+
+    cfg = _tiny_bench(tiny_run, tmp_path, "save_every=10")
     first = rl.run(cfg)["tasks"]["lift"]["runs"]
     out = next((tmp_path / "residual").iterdir())
     seed1 = out / "lift" / "residual" / "seed1"  # as if killed after its step-10 checkpoint
@@ -458,34 +465,10 @@ def test_bench_rl_resumes_an_interrupted_bench(tiny_run, tmp_path) -> None:
 
 
 def test_bench_rl_writes_curves_and_a_report(tiny_run, tmp_path) -> None:
-    from omegaconf import OmegaConf
-
     from robopolicy.bench import rl
 
-    tiny = ["agent.hidden_dim=16", "agent.critic_heads=2", "agent.batch_size=8", "num_threads=1"]
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(rl.Config),
-        {
-            "suite": "residual",
-            "tasks": [
-                {
-                    "name": "lift",
-                    "base_train_config": "train/lift_diffusion_mlp_scarce.yaml",
-                    "collect_config": "collect/lift_scarce.yaml",
-                    "base": str(tiny_run),
-                    "methods": {"residual": "rl/residual_lift.yaml"},
-                }
-            ],
-            "seeds": [0, 1],
-            "env_steps": 20,
-            "eval_every": 10,
-            "eval_episodes": 2,
-            "final_eval_episodes": 2,
-            "overrides": ["warmup_steps=10", "critic_warmup_updates=2", *tiny],
-            "base_draws": 2,
-            "out_root": str(tmp_path),
-        },
-    )
+    cfg = _tiny_bench(tiny_run, tmp_path)
+    cfg.base_draws = 2
     results = rl.run(cfg)
     lift = results["tasks"]["lift"]
     assert len(lift["base_draw_success"]) == 2

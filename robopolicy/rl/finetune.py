@@ -120,10 +120,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         counters["seconds"],
     )
 
-    def tick() -> None:
-        """The run's clock to now, for the checkpoint about to be saved."""
+    def save(metrics: dict[str, Any]) -> Path:
+        """A checkpoint of everything now, with the run's clock brought up to date."""
         if start_seconds is not None:
             counters["seconds"] = start_seconds + time.perf_counter() - start
+        return _save(
+            run_dir, cfg, setup, learner, online, counters, history, metrics, _gripper_critic(mdp)
+        )
 
     progress = tqdm(
         total=cfg.env_steps, initial=counters["env_steps"], desc=f"finetune {cfg.name}", unit="step"
@@ -222,32 +225,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
                 evaluate_now(cfg.eval_episodes)
             if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
-                tick()
-                last_checkpoint = _save(
-                    run_dir,
-                    cfg,
-                    setup,
-                    learner,
-                    online,
-                    counters,
-                    history,
-                    {},
-                    _gripper_critic(mdp),
-                )
+                last_checkpoint = save({})
         progress.close()
         final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
-        tick()
-        last_checkpoint = _save(
-            run_dir,
-            cfg,
-            setup,
-            learner,
-            online,
-            counters,
-            history,
-            eval_metrics(final),
-            _gripper_critic(mdp),
-        )
+        last_checkpoint = save(eval_metrics(final))
     finally:
         progress.close()
         envs.close()

@@ -16,10 +16,12 @@ EVAL_PREFIX = "eval/"
 def saved_history(checkpoint: Path) -> list[dict[str, Any]]:
     """The eval rows that led to ``checkpoint``, as its training state keeps them; for
     checkpoints saved before it kept them, read back from the run's ``metrics.jsonl``."""
-    state = _state(checkpoint)
+    return _history(resolve_checkpoint(checkpoint), _state(checkpoint))
+
+
+def _history(checkpoint: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
     if "history" in state:
         return state["history"]
-    checkpoint = resolve_checkpoint(checkpoint)
     return eval_history(checkpoint.parent.parent, int(read_meta(checkpoint)["step"]))
 
 
@@ -65,12 +67,13 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{checkpoint} ends the run, but its final eval {final_file} is missing"
         )
-    seconds = run_seconds(checkpoint)
+    state = _state(checkpoint)
+    seconds = state["counters"].get("seconds")
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "final": json.loads(final_file.read_text()),
-        "history": saved_history(checkpoint),
+        "history": _history(checkpoint, state),
         "minutes": None if seconds is None else seconds / 60,
         "session_minutes": 0.0,
         "env_steps": step,
