@@ -456,7 +456,7 @@ def test_eval_history_follows_the_resumed_lineage(tmp_path, capsys) -> None:
 def test_a_checkpoint_keeps_the_evals_that_led_to_it(tmp_path) -> None:
     """DSRL's eval steps differ between a killed process and the resumed one (chunks end early
     with episodes): the checkpoint's own history is the run's, whatever metrics.jsonl holds."""
-    from robopolicy.rl.run_record import run_seconds, saved_history
+    from robopolicy.rl.run_record import finished_result, saved_history
 
     history = [{"env_steps": 0, "success_rate": 0.5}, {"env_steps": 2510, "success_rate": 0.75}]
     state = {"counters": {"env_steps": 2600, "seconds": 12.5}, "history": history}
@@ -470,7 +470,12 @@ def test_a_checkpoint_keeps_the_evals_that_led_to_it(tmp_path) -> None:
     rows = [{"step": 2503, "eval/success_rate": 0.0}, {"step": 2510, "eval/success_rate": 0.75}]
     (tmp_path / "run" / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
     assert saved_history(checkpoint) == history
-    assert run_seconds(checkpoint) == 12.5
+    final_eval = tmp_path / "run" / "eval-0002600" / "eval.json"
+    final_eval.parent.mkdir()
+    final_eval.write_text(json.dumps({"success_rate": 0.75}))
+    result = finished_result(checkpoint)
+    assert result["history"] == history and result["final"] == {"success_rate": 0.75}
+    assert result["minutes"] == pytest.approx(12.5 / 60)
 
 
 def test_a_log_cut_mid_line_gets_its_next_row_whole(tmp_path) -> None:

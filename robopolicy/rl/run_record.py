@@ -50,12 +50,6 @@ def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def run_seconds(checkpoint: Path) -> float | None:
-    """The run's wall seconds up to ``checkpoint``, summed over the processes whose work led to
-    it; None for checkpoints saved before runs kept their clock."""
-    return _state(checkpoint)["counters"].get("seconds")
-
-
 def finished_result(checkpoint: Path) -> dict[str, Any]:
     """The result of a run whose ``checkpoint`` is its last (the budget ran out): its final
     eval (``eval-<step>/eval.json``), eval history and wall time, as ``finetune`` returns them."""
@@ -68,6 +62,7 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
             f"{checkpoint} ends the run, but its final eval {final_file} is missing"
         )
     state = _state(checkpoint)
+    # summed over the processes whose work led here; None where checkpoints kept no clock yet
     seconds = state["counters"].get("seconds")
     return {
         "run_dir": str(run_dir),
