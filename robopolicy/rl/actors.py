@@ -12,15 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from robopolicy.rl.flat_obs import flatten_obs
 from robopolicy.rl.networks import GaussianActor
 from robopolicy.rl.residual import ResidualBase
-
-
-def flatten_obs(obs, keys: list[str] | None) -> Tensor:
-    """A vector env's observation batch as (N, D) float32: dict keys in order, or a Box."""
-    if keys is None:
-        return torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-    return torch.cat([torch.as_tensor(obs[k], dtype=torch.float32).flatten(1) for k in keys], dim=1)
 
 
 def greedy_action(actor: torch.nn.Module, x: Tensor) -> Tensor:

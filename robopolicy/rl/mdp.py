@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robopolicy.rl.actors import flatten_obs
+from robopolicy.rl.flat_obs import flatten_obs
 from robopolicy.rl.residual import ResidualBase
 
 
