@@ -39,7 +39,7 @@ EPILOG = """examples:
   robopolicy offline-data configs/offline/hopper_medium.yaml
   robopolicy synth train configs/synth/hopper_medium.yaml
   robopolicy synth generate runs/synth_hopper_medium policy=RUN guidance=0.1 trajectories=512
-  robopolicy offline configs/offline/hopper_medium_td3bc.yaml synthetic.guidance=0.1
+  robopolicy offline configs/offline/td3bc_hopper_medium.yaml synthetic.guidance=0.1
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
 
 
