@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robopolicy.data.hdf5 import iter_episodes, list_demos
+from robopolicy.data.hdf5 import iter_actions
 
 TOLERANCE = 1e-6
 """How far past a bound a value may lie and still count as inside (float32 round-off)."""
@@ -54,12 +54,10 @@ def find_out_of_bounds_actions(
     per-dimension bounds ``low`` and ``high``; None when every value lies inside."""
     low = np.asarray(low, dtype=np.float64)
     high = np.asarray(high, dtype=np.float64)
-    names = list_demos(path, filter_key)
     count = nonfinite = total = 0
     worst: tuple[float, str, int, int, float] | None = None
-    episodes = iter_episodes(path, keys=[], filter_key=filter_key)
-    for name, episode in zip(names, episodes, strict=True):
-        actions = episode.actions.astype(np.float64)
+    for name, stored in iter_actions(path, filter_key):
+        actions = stored.astype(np.float64)
         with np.errstate(invalid="ignore"):
             excess = np.maximum(low - actions, actions - high)
         excess[~np.isfinite(actions)] = np.inf

@@ -394,6 +394,19 @@ def iter_episodes(
             yield _read_episode(file["data"][name], path, selected)
 
 
+def iter_actions(
+    path: str | os.PathLike[str], filter_key: str | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(demo name, (N, A) actions)`` of each demo (or ``filter_key``'s), reading nothing
+    else: a check of every action costs a fraction of what reading whole episodes would."""
+    with _open(path) as (file, path):
+        for name in _demo_names(file, path, filter_key):
+            group = file["data"][name]
+            if "actions" not in group:
+                raise DatasetError(f"{path}: data/{name}/actions is missing")
+            yield name, group["actions"][()]
+
+
 def load_episodes(
     path: str | os.PathLike[str],
     keys: Sequence[str] | None = None,
