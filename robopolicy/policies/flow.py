@@ -30,8 +30,8 @@ class FlowPolicy(BasePolicy):
         if sampler is not None:
             raise ValueError(
                 f"sampler {sampler!r} does not apply to a flow-matching policy (it integrates its "
-                f"velocity with policy.integrator={self.cfg.integrator!r}); leave "
-                "execution.sampler unset"
+                f"velocity with policy.integrator={self.cfg.integrator!r}); leave the "
+                "sampler unset"
             )
         super().set_sampler(None, num_inference_steps)
 
