@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,15 @@ def test_export_of_an_rl_checkpoint_is_refused(rl_checkpoint, tmp_path, capsys) 
 def test_serve_on_an_impossible_port(tiny_run, capsys) -> None:
     rc = main(["serve", str(tiny_run), "port=99999"])
     _assert_one_error_line(rc, capsys, "serve", "port must be in 0..65535")
+
+
+def test_serve_on_a_port_in_use(tiny_run, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc = main(["serve", str(tiny_run), f"port={port}"])
+    _assert_one_error_line(rc, capsys, "serve", f"cannot listen on 127.0.0.1:{port}")
 
 
 def _assert_one_error_line(rc: int, capsys, command: str, named: str) -> None:
