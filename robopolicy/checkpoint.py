@@ -4,25 +4,36 @@
       config.yaml              resolved config that built the model (policy, shapes, task, train)
       model.safetensors        policy weights (EMA weights where EMA is used), normaliser excluded
       normalizer.safetensors   normalisation statistics
-      meta.json                package/torch versions, git commit, step, metrics at save time
+      meta.json                package/torch versions, git commit, step, metrics at save time,
+                               and for a BC policy its type and training objective
       training_state/          everything an exact resume needs (safetensors + state.json)
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a crash
 never leaves a half-written one. Loading is strict: a key mismatch is an error listing the
 missing and unexpected keys, never a silently untrained model.
+
+A BC policy's weights are tied to the kind of policy that trained them: diffusion and flow
+networks of one backbone have the same keys and shapes, so strict loading alone would run flow
+weights as a denoiser. ``meta.json`` and the header of ``model.safetensors`` record the policy
+type and training objective, and loading refuses weights whose record disagrees with
+``config.yaml``. Checkpoints saved before the record existed load on their ``config.yaml`` alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from robopolicy import __version__
@@ -30,6 +41,8 @@ from robopolicy.config import ConfigError
 from robopolicy.provenance import git_commit
 
 NORMALIZER_PREFIX = "normalizer."
+IDENTITY_KEYS = ("policy_type", "objective")
+"""What ``meta.json`` and the weights' header record about the policy that trained them."""
 
 
 class CheckpointError(ValueError):
@@ -52,6 +65,8 @@ def save_checkpoint(
     tensors (saved as ``<name>.safetensors``) or JSON-serialisable values (``state.json``).
     """
     directory = Path(directory)
+    config = OmegaConf.to_container(OmegaConf.create(_plain(config)), resolve=True)
+    identity = policy_identity(config)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,11 +78,12 @@ def save_checkpoint(
             for k, v in model_state.items()
             if k.startswith(NORMALIZER_PREFIX)
         }
-        save_file(_contiguous(weights), tmp / "model.safetensors")
+        save_file(_contiguous(weights), tmp / "model.safetensors", metadata=identity)
         save_file(_contiguous(stats), tmp / "normalizer.safetensors")
-        yaml = OmegaConf.to_yaml(OmegaConf.create(_plain(config)), resolve=True)
+        yaml = OmegaConf.to_yaml(OmegaConf.create(config))
         (tmp / "config.yaml").write_text(yaml)
-        (tmp / "meta.json").write_text(json.dumps(_meta(step, metrics), indent=2) + "\n")
+        meta = _meta(step, metrics) | (identity or {})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if training_state is not None:
             _save_training_state(tmp / "training_state", training_state)
         if directory.exists():
@@ -121,9 +137,23 @@ def saved_config(checkpoint: Path, section: str, schema: type):
     saved = read_config(checkpoint).get(section)
     if saved is None:
         raise ConfigError(f"{checkpoint} is not a {section} checkpoint (no '{section}' section)")
-    merged = OmegaConf.merge(OmegaConf.structured(schema), saved)
+    merged = merge_saved_config(checkpoint, schema, saved)
     merged.resume = str(checkpoint)
     return merged
+
+
+def merge_saved_config(checkpoint: str | Path, schema: type, saved: dict[str, Any]):
+    """``saved`` (read from the checkpoint's config.yaml) checked against ``schema``: a key this
+    version does not know, or a value of the wrong type, is an error naming the file and key."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), saved)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        where = f"key {key!r}: " if key else ""
+        raise ConfigError(
+            f"{checkpoint}/config.yaml does not fit this version's {schema.__name__}: "
+            f"{where}{str(err).splitlines()[0]}"
+        ) from err
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -135,6 +165,11 @@ def load_state(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     file = resolve_checkpoint(path) / f"{name}.safetensors"
     if not file.is_file():
         raise CheckpointError(f"{file} is missing")
+    return load_state_file(file)
+
+
+def load_state_file(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file; a corrupt file is a ``CheckpointError`` naming it."""
     try:
         return load_file(file)
     except Exception as err:  # safetensors raises its own error types for corrupt files
@@ -160,12 +195,41 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
     directory = resolve_checkpoint(path) / "training_state"
-    if not (directory / "state.json").is_file():
-        raise CheckpointError(f"{directory}: no training state to resume from")
-    state: dict[str, Any] = json.loads((directory / "state.json").read_text())
+    state = training_state_json(path)
     for file in directory.glob("*.safetensors"):
-        state[file.stem] = load_file(file)
+        state[file.stem] = load_state_file(file)
     return state
+
+
+def training_state_json(path: str | Path) -> dict[str, Any]:
+    """The plain (JSON) part of a checkpoint's training state, without its tensors."""
+    file = resolve_checkpoint(path) / "training_state" / "state.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: no training state to resume from")
+    try:
+        state = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is corrupt: {err}") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} is corrupt: not a JSON object")
+    return state
+
+
+@contextlib.contextmanager
+def restoring(checkpoint: str | Path) -> Iterator[None]:
+    """Turn what a training state that lacks an entry or holds the wrong one raises while a run
+    restores it (KeyError, a tensor of the wrong shape, ...) into a ``CheckpointError`` naming
+    the checkpoint, for the command line to print instead of a traceback."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as err:
+        what = f"missing entry {err}" if isinstance(err, KeyError) else str(err).splitlines()[0]
+        raise CheckpointError(
+            f"{checkpoint}/training_state is incomplete or corrupt ({what}); resume from an "
+            "earlier checkpoint of the run"
+        ) from err
 
 
 def load_policy(
@@ -189,6 +253,7 @@ def load_policy(
         raise CheckpointError(
             f"{path} holds a {policy_cfg.type!r} policy, not the expected {expected_type!r}"
         )
+    _check_identity(path, policy_identity({"policy": OmegaConf.to_container(policy_cfg)}))
     try:
         normalizer = Normalizer.from_state_dict(load_state(path, "normalizer"))
     except ValueError as err:
@@ -222,6 +287,41 @@ def _meta(step: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "metrics": metrics or {},
     }
+
+
+def policy_identity(config: dict[str, Any]) -> dict[str, str] | None:
+    """``{"policy_type", "objective"}`` of the BC policy a config builds (None for a config
+    without a ``policy`` section, e.g. an RL run's). The objective is what the network was
+    trained to output: diffusion's ``epsilon`` or ``sample``, flow matching's ``velocity``."""
+    policy = config.get("policy") if isinstance(config, dict) else None
+    if not isinstance(policy, dict) or "type" not in policy:
+        return None
+    kind = str(policy["type"])
+    objective = "velocity" if kind == "flow" else str(policy.get("prediction_type", "epsilon"))
+    return {"policy_type": kind, "objective": objective}
+
+
+def _check_identity(path: Path, declared: dict[str, str]) -> None:
+    """Refuse weights that ``meta.json`` or their own header records as trained by another kind
+    of policy than ``config.yaml`` declares; records absent (older checkpoints) pass."""
+    meta_file = path / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_file} is corrupt: {err}") from err
+    try:
+        with safe_open(path / "model.safetensors", "pt") as weights:
+            header = weights.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read {path}/model.safetensors: {err}") from err
+    for source, record in (("meta.json", meta), ("model.safetensors", header)):
+        for key in IDENTITY_KEYS:
+            if key in record and record[key] != declared[key]:
+                raise CheckpointError(
+                    f"{path}: config.yaml declares a {declared['policy_type']!r} policy trained "
+                    f"on {declared['objective']!r}, but {source} records {key} "
+                    f"{record[key]!r}: these weights belong to another kind of policy"
+                )
 
 
 def _save_training_state(directory: Path, training_state: dict[str, Any]) -> None:

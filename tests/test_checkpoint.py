@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from bc_fixtures import SHAPES, tiny_obs, tiny_policy
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from robopolicy.checkpoint import CheckpointError, load_policy, save_checkpoint
@@ -60,3 +62,43 @@ def test_wrong_type_missing_and_bad_statistics(tmp_path) -> None:
     save_file(stats, path / "normalizer.safetensors")
     with pytest.raises(CheckpointError, match="actions"):
         load_policy(path)
+
+
+def test_meta_and_weights_record_the_policy_type_and_objective(tmp_path) -> None:
+    for policy_type, objective in (("diffusion", "epsilon"), ("flow", "velocity")):
+        path = _save(tiny_policy(policy_type), tmp_path / policy_type)
+        meta = json.loads((path / "meta.json").read_text())
+        assert (meta["policy_type"], meta["objective"]) == (policy_type, objective)
+        with safe_open(path / "model.safetensors", "pt") as weights:
+            assert weights.metadata() == {"policy_type": policy_type, "objective": objective}
+    path = _save(tiny_policy(prediction_type="sample"), tmp_path / "sample")
+    assert json.loads((path / "meta.json").read_text())["objective"] == "sample"
+
+
+def test_weights_of_another_policy_type_are_refused(tmp_path) -> None:
+    """Flow and diffusion networks of one backbone share keys and shapes: only the record
+    tells flow weights in a diffusion checkpoint apart."""
+    diffusion = _save(tiny_policy("diffusion"), tmp_path / "diffusion")
+    flow = _save(tiny_policy("flow"), tmp_path / "flow")
+    shutil.copy(flow / "model.safetensors", diffusion / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors records policy_type 'flow'"):
+        load_policy(diffusion)
+    # meta.json contradicting config.yaml is refused as well
+    meta = json.loads((flow / "meta.json").read_text())
+    (flow / "meta.json").write_text(json.dumps({**meta, "objective": "epsilon"}))
+    with pytest.raises(CheckpointError, match="meta.json records objective 'epsilon'"):
+        load_policy(flow)
+
+
+def test_checkpoints_saved_before_the_record_still_load(tmp_path) -> None:
+    policy = tiny_policy("flow").eval()
+    path = _save(policy, tmp_path / "old")
+    save_file(load_file(path / "model.safetensors"), path / "model.safetensors")  # no header
+    meta = json.loads((path / "meta.json").read_text())
+    for key in ("policy_type", "objective"):
+        del meta[key]
+    (path / "meta.json").write_text(json.dumps(meta))
+    obs, noise = tiny_obs(), torch.randn(3, 8, 2)
+    torch.testing.assert_close(
+        load_policy(path).predict_chunk(obs, noise), policy.predict_chunk(obs, noise)
+    )

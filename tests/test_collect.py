@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+from bc_fixtures import REPO
 
 from robopolicy.data.hdf5 import dataset_info, load_episodes, read_env_args
 from robopolicy.sim.collect import CollectConfig, collect
@@ -51,3 +60,55 @@ def test_hopeless_collection_writes_nothing(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="Nothing was written"):
         _collect(tmp_path, n_demos=5, max_attempts=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def _start_collection(output: Path) -> subprocess.Popen:
+    """``robopolicy collect`` of far more demos than the test waits for, once its temporary
+    file exists (the collection is under way)."""
+    command = [
+        sys.executable,
+        "-m",
+        "robopolicy",
+        "collect",
+        "configs/collect/lift_proficient.yaml",
+    ]
+    overrides = ["n_demos=100000", "num_envs=1", f"output={output}"]
+    process = subprocess.Popen(
+        [*command, *overrides], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not _temporaries(output):
+        assert process.poll() is None and time.monotonic() < deadline, "collection never started"
+        time.sleep(0.1)
+    return process
+
+
+def _temporaries(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f"{output.name}.tmp-*"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupted_collection_deletes_its_temporary_file(tmp_path, signum) -> None:
+    output = tmp_path / "d.hdf5"
+    process = _start_collection(output)
+    process.send_signal(signum)
+    rc = process.wait(timeout=60)
+    # 128 + 15 from SystemExit; Python ends an uncaught KeyboardInterrupt by SIGINT itself
+    assert rc == (143 if signum == signal.SIGTERM else -signal.SIGINT)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_collection_deletes_temporaries_of_killed_collections(tmp_path) -> None:
+    output = tmp_path / "d.hdf5"
+    process = _start_collection(output)
+    process.kill()  # SIGKILL: nothing can clean up
+    process.wait(timeout=60)
+    (left,) = _temporaries(output)
+    host = socket.gethostname()
+    alive = tmp_path / f"d.hdf5.tmp-{host}-{os.getpid()}-0123abcd"  # a writer still at work
+    elsewhere = tmp_path / f"d.hdf5.tmp-otherhost-{process.pid}-0123abcd"  # not ours to judge
+    for path in (alive, elsewhere):
+        path.write_bytes(b"")
+    _collect(tmp_path, n_demos=1)
+    assert _temporaries(output) == sorted([alive, elsewhere]) and output.is_file()
+    assert not left.exists()

@@ -288,3 +288,19 @@ def test_reads_robomimic_convention_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ep.dones, [0, 0, 0, 1])
     obs = ep.obs[IMAGE]
     np.testing.assert_array_equal(ep.next_obs[IMAGE], np.concatenate([obs[1:], obs[-1:]]))
+
+
+def test_action_bounds_scan_names_the_worst_value_of_the_demos_in_use(tmp_path, episodes) -> None:
+    from robopolicy.data.action_bounds import find_out_of_bounds_actions
+
+    episodes[1].actions[3, 6] = -4.0  # demo_1, in mask "valid" only
+    episodes[2].actions[0, 0] = 1.5
+    path = write_dataset(tmp_path / "d.hdf5", episodes, ENV_ARGS, masks={"train": [0, 2]})
+    low, high = -np.ones(7), np.ones(7)
+    bad = find_out_of_bounds_actions(path, low, high)
+    assert (bad.count, bad.nonfinite, bad.total) == (2, 0, 16 * 7)
+    assert (bad.demo, bad.step, bad.dim, bad.value) == ("demo_1", 3, 6, -4.0)
+    assert "data/demo_1/actions[3, 6] = -4, outside [-1, 1]" in bad.describe()
+    train = find_out_of_bounds_actions(path, low, high, filter_key="train")
+    assert (train.count, train.demo, train.value) == (1, "demo_2", 1.5)
+    assert find_out_of_bounds_actions(path, 2 * low, 2 * high, filter_key="train") is None

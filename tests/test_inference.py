@@ -188,6 +188,19 @@ def test_execution_config_picks_the_scheme_and_sampler() -> None:
         make_executor(policy, 1, ExecutionConfig(), discrete_dims=[2])
 
 
+def test_a_sampler_that_does_not_fit_the_policy_is_an_error() -> None:
+    """A flow policy integrates a velocity: ``execution.sampler=ddpm`` used to be ignored
+    silently, and the eval reported under a sampler that never ran."""
+    flow = tiny_policy("flow", backbone="mlp")
+    for sampler in ("ddpm", "ddim"):
+        with pytest.raises(ValueError, match=f"sampler '{sampler}' does not apply to a flow"):
+            make_executor(flow, 1, ExecutionConfig(sampler=sampler))
+    make_executor(flow, 1, ExecutionConfig(num_inference_steps=3))  # the steps still apply
+    assert flow.num_inference_steps == 3
+    with pytest.raises(ValueError, match="policy.sampler 'euler' not in"):
+        make_executor(tiny_policy("diffusion", backbone="mlp"), 1, ExecutionConfig(sampler="euler"))
+
+
 def test_observation_histories_pad_new_episodes_and_forget_on_clear() -> None:
     histories = ObservationHistories(horizon=3, batch_size=2)
     histories.push(0, {"x": torch.tensor([1.0])})

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from robopolicy.checkpoint import load_policy
 from robopolicy.cli import main
 from robopolicy.config import ConfigError
+from robopolicy.data.hdf5 import DatasetError, load_episodes, read_env_args, write_dataset
 from robopolicy.training.bc import TrainingDivergedError, train_bc
 
 
@@ -110,6 +111,49 @@ def test_dataset_and_env_must_agree(lift_demos, tmp_path) -> None:
         train_bc(_config(lift_demos, tmp_path, "task.env_id=robopolicy/PickPlace-v0"))
     with pytest.raises(ConfigError, match="not in"):
         train_bc(_config(lift_demos, tmp_path, "task.obs_keys=[object,nope]"))
+
+
+def _rewritten(lift_demos: str, path, change) -> str:
+    """``lift_demos`` written anew to ``path`` after ``change`` edited its episodes in place."""
+    episodes = load_episodes(lift_demos)
+    change(episodes)
+    return str(write_dataset(path, episodes, read_env_args(lift_demos)))
+
+
+def test_a_dataset_lacking_a_named_observation_is_refused(lift_demos, tmp_path) -> None:
+    def drop_object(episodes) -> None:
+        for episode in episodes:
+            del episode.obs["object"], episode.next_obs["object"]
+
+    data = _rewritten(lift_demos, tmp_path / "no_object.hdf5", drop_object)
+    with pytest.raises(ConfigError, match=r"task.obs_keys \['object'\] are not in .*no_object"):
+        train_bc(_config(data, tmp_path / "run"))
+    # The observations must be named: "whatever the dataset has" would train without `object`.
+    with pytest.raises(ConfigError, match="task.obs_keys is empty"):
+        train_bc(_config(lift_demos, tmp_path / "run", "task.obs_keys=[]"))
+
+
+def test_actions_outside_the_env_bounds_are_refused_or_clipped(lift_demos, tmp_path) -> None:
+    def outlier(episodes) -> None:
+        episodes[1].actions[5, 2] = 1e30
+
+    data = _rewritten(lift_demos, tmp_path / "outlier.hdf5", outlier)
+    with pytest.raises(DatasetError, match=r"outlier.hdf5: 1 of .*demo_1/actions\[5, 2\] = 1e\+30"):
+        train_bc(_config(data, tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+    clip = ["task.out_of_bounds_actions=clip", "optim.steps=2", "loop.save_every=2"]
+    with pytest.warns(UserWarning, match="clipped into the bounds"):
+        train_bc(_config(data, tmp_path / "clipped", *clip))
+    stats = load_file(tmp_path / "clipped" / "checkpoints" / "0000002" / "normalizer.safetensors")
+    action_stats = [v for k, v in stats.items() if k.startswith("actions")]
+    assert action_stats and all(v.abs().max() <= 1.0 for v in action_stats)
+
+    def nan(episodes) -> None:
+        episodes[0].actions[0, 0] = float("nan")
+
+    data = _rewritten(lift_demos, tmp_path / "nan.hdf5", nan)
+    with pytest.raises(DatasetError, match="1 of them NaN or infinite.*fix the dataset$"):
+        train_bc(_config(data, tmp_path / "nan", *clip))
 
 
 def test_ddp_two_processes_agree(lift_demos, tmp_path) -> None:

@@ -19,7 +19,10 @@ Layout::
 files but not roll out in our environments (we do that ourselves from ``env_name``).
 
 Files are written atomically: to a temporary file beside the target, renamed into place only once
-complete, so a crash mid-collection never leaves a half-written file under the real name.
+complete, so a crash mid-collection never leaves a half-written file under the real name. The
+temporary name carries the writer's host and process id (``<name>.tmp-<host>-<pid>-<tag>``): a
+writer killed outright (``kill -9``) cannot delete its file, so the next writer of the same target
+deletes the temporaries of processes on this host that no longer run.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +49,8 @@ ROBOPOLICY_ENV_TYPE = 4
 
 _ENV_ARGS_KEYS = ("env_name", "type", "env_kwargs")
 _DEMO_NAME = re.compile(r"demo_(\d+)")
+_TEMP_SUFFIX = re.compile(r"\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)-[0-9a-f]{8}")
+"""``.tmp-<host>-<pid>-<tag>`` (and ``.tmp-<pid>-<tag>``, as written before the host was added)."""
 
 
 class DatasetError(ValueError):
@@ -189,7 +196,7 @@ class DatasetWriter:
                 raise ValueError(f"invalid mask name {name!r}")
         self._compress_images = compress_images
         self._tmp_path = self.path.with_name(
-            f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            f"{self.path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self._file: h5py.File | None = None
         self._first: Episode | None = None
@@ -208,6 +215,7 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
         self._file = h5py.File(self._tmp_path, "w")
         self._file.create_group("data").attrs["env_args"] = self._env_args_json
         return self
@@ -286,6 +294,32 @@ class DatasetWriter:
         os.replace(self._tmp_path, self.path)
 
 
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writers of ``path`` killed outright left beside it: those
+    of processes on this host that no longer run (another host's, or a live writer's, stay).
+    Returns the deleted paths."""
+    path = Path(path)
+    host = socket.gethostname()
+    removed = []
+    for candidate in path.parent.glob(f"{glob_escape(path.name)}.tmp-*"):
+        match = _TEMP_SUFFIX.fullmatch(candidate.name[len(path.name) :])
+        if match is None or match["host"] not in (None, host) or _running(int(match["pid"])):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def write_dataset(
     path: str | os.PathLike[str],
     episodes: Iterable[Episode],
@@ -358,6 +392,19 @@ def iter_episodes(
             raise DatasetError(f"{path}: no obs keys {unknown}; available: {available}")
         for name in demos:
             yield _read_episode(file["data"][name], path, selected)
+
+
+def iter_actions(
+    path: str | os.PathLike[str], filter_key: str | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(demo name, (N, A) actions)`` of each demo (or ``filter_key``'s), reading nothing
+    else: a check of every action costs a fraction of what reading whole episodes would."""
+    with _open(path) as (file, path):
+        for name in _demo_names(file, path, filter_key):
+            group = file["data"][name]
+            if "actions" not in group:
+                raise DatasetError(f"{path}: data/{name}/actions is missing")
+            yield name, group["actions"][()]
 
 
 def load_episodes(

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
+from robopolicy.checkpoint import (
+    CheckpointError,
+    load_policy,
+    read_config,
+    read_meta,
+    resolve_checkpoint,
+)
 from robopolicy.files import atomic_write_json
 
 CHECKPOINT_FILES = ("config.yaml", "model.safetensors", "normalizer.safetensors", "meta.json")
@@ -135,6 +141,7 @@ def export_onnx(policy, path: Path) -> dict[str, Any]:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True) -> dict:
     """Copy the checkpoint, write ``deploy.json`` and (optionally) ``policy.onnx`` into ``out``."""
     source = resolve_checkpoint(checkpoint)
+    _check_exportable(source)
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"export: {out} already exists; choose a new directory")
@@ -154,6 +161,22 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {**metadata, "out": str(out), "source": str(source)}
+
+
+def _check_exportable(source: Path) -> None:
+    """Export writes one BC policy (its ONNX graph is the policy's sampler chain); an RL
+    checkpoint is a base policy plus an agent, served as it is by ``robopolicy serve``."""
+    config = read_config(source)
+    if "policy" in config:
+        return
+    if "rl" in config:
+        rl = config["rl"]
+        raise CheckpointError(
+            f"{source} is an RL checkpoint ({rl.get('method')} on the base policy "
+            f"{rl.get('base')}); export writes one BC policy: serve the RL checkpoint as it is "
+            f"with `robopolicy serve {source}`, or export its base policy"
+        )
+    raise CheckpointError(f"{source} is not a BC policy checkpoint: config.yaml has no 'policy'")
 
 
 def read_deploy_metadata(directory: str | Path) -> dict[str, Any]:

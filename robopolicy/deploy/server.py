@@ -54,6 +54,9 @@ from robopolicy.inference.executor import threshold_discrete
 log = logging.getLogger(__name__)
 
 
+MAX_PORT = 65535
+
+
 @dataclass
 class ServeConfig:
     checkpoint: str = ""
@@ -68,6 +71,8 @@ class ServeConfig:
 
 class PolicyServer:
     def __init__(self, cfg: ServeConfig) -> None:
+        if not 0 <= cfg.port <= MAX_PORT:  # checked before the checkpoint loads, not at bind
+            raise ValueError(f"port must be in 0..{MAX_PORT} (0: any free port), got {cfg.port}")
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         path = resolve_checkpoint(cfg.checkpoint)
@@ -251,5 +256,8 @@ def run_server(cfg: ServeConfig) -> None:
         f"{'(API key required)' if cfg.api_key else ''}",
         flush=True,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve_forever())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve_forever())
+    except OSError as err:  # the port is taken, the host is not an address of this machine, ...
+        raise ValueError(f"cannot listen on {cfg.host}:{cfg.port}: {err.strerror or err}") from err

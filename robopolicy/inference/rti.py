@@ -87,8 +87,9 @@ class RTIExecutor(Executor):
         """Full denoising from noise, with the cold-start chain when one is configured."""
         if self.cold_start_steps is None:
             return self._predict(rows)
-        chain = (self.policy.cfg.sampler, self.policy.num_inference_steps)
-        short = None if self.policy.cfg.type == "flow" else "ddim"
+        flow = self.policy.cfg.type == "flow"  # flow has no sampler to switch, only steps
+        chain = (None if flow else self.policy.cfg.sampler, self.policy.num_inference_steps)
+        short = None if flow else "ddim"
         self.policy.set_sampler(short, self.cold_start_steps)
         try:
             return self._predict(rows)

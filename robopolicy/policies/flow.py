@@ -21,6 +21,20 @@ class FlowPolicy(BasePolicy):
     def velocity(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return self.denoiser(x, t * TIME_SCALE, cond)
 
+    def set_sampler(
+        self, sampler: str | None = None, num_inference_steps: int | None = None
+    ) -> None:
+        """Only the number of integration steps can change: a diffusion sampler (ddim, ddpm)
+        has no meaning for a velocity field, and ignoring one would report results under a
+        sampler that never ran."""
+        if sampler is not None:
+            raise ValueError(
+                f"sampler {sampler!r} does not apply to a flow-matching policy (it integrates its "
+                f"velocity with policy.integrator={self.cfg.integrator!r}); leave the "
+                "sampler unset"
+            )
+        super().set_sampler(None, num_inference_steps)
+
     def network_evaluations(self, start_step: int | None = None) -> int:
         steps = start_step or self.num_inference_steps
         return 2 * steps if self.cfg.integrator == "midpoint" else steps

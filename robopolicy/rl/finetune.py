@@ -31,6 +31,7 @@ from robopolicy.checkpoint import (
     read_config,
     read_meta,
     resolve_checkpoint,
+    restoring,
     save_checkpoint,
     saved_config,
 )
@@ -77,7 +78,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         cfg = _resumed_config(cfg, resume_from)
         if read_meta(resume_from)["step"] >= cfg.env_steps:
             print(f"[finetune] {resume_from} already ran the budget of {cfg.env_steps} env steps")
-            return finished_result(resume_from)
+            with restoring(resume_from):
+                return finished_result(resume_from)
     validate_finetune_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -100,7 +102,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         learner = _make_learner(cfg, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         if resume_from is not None:
-            _restore(resume_from, learner, online, counters)
+            with restoring(resume_from):
+                _restore(resume_from, learner, online, counters)
         _hand_gripper_to_critic(cfg, mdp, learner, counters)
         mdp.episodes = counters["episodes"]
         mdp.seeds = seed_stream((cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"])

@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from robopolicy.checkpoint import CheckpointError, read_meta, resolve_checkpoint
+from robopolicy.checkpoint import (
+    CheckpointError,
+    read_meta,
+    resolve_checkpoint,
+    training_state_json,
+)
 
 EVAL_PREFIX = "eval/"
 
@@ -16,7 +21,7 @@ EVAL_PREFIX = "eval/"
 def saved_history(checkpoint: Path) -> list[dict[str, Any]]:
     """The eval rows that led to ``checkpoint``, as its training state keeps them; for
     checkpoints saved before it kept them, read back from the run's ``metrics.jsonl``."""
-    return _history(resolve_checkpoint(checkpoint), _state(checkpoint))
+    return _history(resolve_checkpoint(checkpoint), training_state_json(checkpoint))
 
 
 def _history(checkpoint: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -61,7 +66,7 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{checkpoint} ends the run, but its final eval {final_file} is missing"
         )
-    state = _state(checkpoint)
+    state = training_state_json(checkpoint)
     # summed over the processes whose work led here; None where checkpoints kept no clock yet
     seconds = state["counters"].get("seconds")
     return {
@@ -74,11 +79,3 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
         "env_steps": step,
         "start_env_steps": step,
     }
-
-
-def _state(checkpoint: Path) -> dict[str, Any]:
-    """The plain (JSON) part of a checkpoint's training state."""
-    path = resolve_checkpoint(checkpoint) / "training_state" / "state.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent}: no training state to read the run's record from")
-    return json.loads(path.read_text())

@@ -2,7 +2,9 @@
 
 Episodes are seeded 0, 1, 2, ... (eval uses seeds from 100000), kept when successful unless
 asked otherwise, and written to a temporary file that is renamed into place only when the
-collection is complete: an interrupted run leaves no half-written dataset behind.
+collection is complete: an interrupted run leaves no half-written dataset behind. SIGTERM and
+SIGINT unwind the writer, which deletes its temporary file; one left by a ``kill -9`` is deleted
+by the next collection into the same file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from robopolicy.data.hdf5 import DatasetWriter, Episode, make_env_args
+from robopolicy.interrupts import sigterm_unwinds
 from robopolicy.sim.agents import ExpertAgent
 from robopolicy.sim.rollout import run_episodes
 from robopolicy.sim.vector import make_vector_env
@@ -48,7 +51,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     env_args = make_env_args(cfg.env_id, env_kwargs)
     try:
-        with DatasetWriter(cfg.output, env_args) as writer:
+        with sigterm_unwinds(), DatasetWriter(cfg.output, env_args) as writer:
             bar = tqdm(total=cfg.n_demos, desc=f"collect {cfg.env_id}", disable=not progress)
             episodes = run_episodes(
                 envs, ExpertAgent(cfg.noise), itertools.count(cfg.seed), record_steps=True

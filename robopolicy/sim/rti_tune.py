@@ -24,7 +24,8 @@ from robopolicy.sim.schemes import compare_schemes
 class RTITuneConfig:
     checkpoint: str = MISSING
     candidates: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])
-    sampler: str = "ddpm"  # RTI-DP runs the trained DDPM chain
+    sampler: str | None = None  # None: diffusion runs the trained DDPM chain (RTI-DP); flow
+    # has no sampler to choose (its Euler grid is num_inference_steps)
     num_inference_steps: int | None = None  # None: every trained timestep
     tolerance: float = 0.05  # success may drop this much below the reference
     n_episodes: int = 50
@@ -41,7 +42,8 @@ def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
     bad = [k for k in cfg.candidates if not 1 <= k <= steps]
     if bad or not cfg.candidates:
         raise ValueError(f"rti-tune: candidates {list(cfg.candidates)} must lie in [1, {steps}]")
-    common = {"sampler": cfg.sampler, "num_inference_steps": steps}
+    sampler = cfg.sampler or ("ddpm" if policy.cfg.type == "diffusion" else None)
+    common = {"sampler": sampler, "num_inference_steps": steps}
     schemes = {"reference": ExecutionConfig(mode="chunked", action_horizon=1, **common)}
     for k in sorted(cfg.candidates):
         schemes[f"rti_k{k}"] = ExecutionConfig(mode="rti", rti_start_step=k, **common)
@@ -58,7 +60,7 @@ def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
     chosen = holding[0] if holding else None
     result = {
         "checkpoint": str(path),
-        "sampler": cfg.sampler if policy.cfg.type == "diffusion" else None,  # flow: Euler
+        "sampler": sampler,
         "num_inference_steps": steps,
         "tolerance": cfg.tolerance,
         "chosen_start_step": chosen,

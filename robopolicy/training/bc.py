@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,15 @@ from tqdm import tqdm
 from robopolicy.checkpoint import (
     load_strict,
     load_training_state,
+    merge_saved_config,
     read_config,
     resolve_checkpoint,
+    restoring,
     save_checkpoint,
 )
 from robopolicy.config import ConfigError, to_dict
-from robopolicy.data.hdf5 import dataset_info, read_env_args
+from robopolicy.data.action_bounds import find_out_of_bounds_actions
+from robopolicy.data.hdf5 import DatasetError, dataset_info, read_env_args
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.data.prefetch import PrefetchedBatches
 from robopolicy.data.sequence import RandomBatches, SequenceWindows
@@ -44,7 +48,7 @@ from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env
 from robopolicy.training import state as train_state
-from robopolicy.training.config import TrainConfig
+from robopolicy.training.config import TrainConfig, validate_train_config
 from robopolicy.training.distributed import (
     init_distributed,
     max_replica_difference,
@@ -60,6 +64,7 @@ class TrainingDivergedError(RuntimeError):
 
 def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) a BC policy; return the final evaluation summary and paths."""
+    validate_train_config(cfg)
     device = resolve_device(cfg.optim.device, "optim.device")
     if cfg.optim.num_threads > 0:
         torch.set_num_threads(cfg.optim.num_threads)
@@ -107,7 +112,8 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
         batches = PrefetchedBatches(batches, pin_memory=True)
     step = 0
     if resume_from is not None:
-        step = _restore(resume_from, policy, optimizer, lr_schedule, ema, batches)
+        with restoring(resume_from):
+            step = _restore(resume_from, policy, optimizer, lr_schedule, ema, batches)
         if dist_info.rank > 0:
             # The checkpoint holds rank 0's batch order and random state only: the other ranks
             # continue on streams of their own (seeded by rank and step), so they do not
@@ -225,7 +231,8 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
         raise ConfigError(
             f"{cfg.task.dataset} was recorded on {dataset_env}, not task.env_id={cfg.task.env_id}"
         )
-    obs_keys = list(cfg.task.obs_keys) or sorted(info["obs"])
+    obs_keys = list(cfg.task.obs_keys) or sorted(info["obs"])  # empty: a run saved before
+    # task.obs_keys was required, resumed as it was trained
     unknown = sorted(set(obs_keys) - set(info["obs"]))
     if unknown:
         raise ConfigError(
@@ -238,8 +245,9 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
             data_shape = tuple(info["obs"][key]["shape"])
             if key not in spaces.spaces:
                 raise ConfigError(
-                    f"dataset key {key!r} is not an observation of {cfg.task.env_id} with "
-                    f"env_kwargs {dict(cfg.task.env_kwargs)}; the env gives {sorted(spaces.spaces)}"
+                    f"{cfg.task.dataset}: key {key!r} is not an observation of "
+                    f"{cfg.task.env_id} with env_kwargs {dict(cfg.task.env_kwargs)}; the env "
+                    f"gives {sorted(spaces.spaces)}"
                 )
             if tuple(spaces[key].shape) != data_shape:
                 raise ConfigError(
@@ -252,8 +260,10 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
                 f"{cfg.task.env_id} takes {env.action_space.shape[0]}"
             )
         control_hz = float(env.unwrapped.control_hz)
+        low, high = env.action_space.low, env.action_space.high
     finally:
         env.close()
+    clip = _check_action_bounds(cfg, low, high)
     windows = SequenceWindows.from_hdf5(
         cfg.task.dataset,
         obs_keys,
@@ -262,12 +272,28 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
         action_horizon=cfg.policy.action_horizon,
         filter_key=cfg.task.filter_key,
     )
+    if clip:
+        windows.actions.clamp_(torch.as_tensor(low), torch.as_tensor(high))
     shapes = PolicyShapes(
         obs={k: list(info["obs"][k]["shape"]) for k in obs_keys},
         action_dim=int(info["action_dim"]),
         control_hz=control_hz,
     )
     return windows, shapes
+
+
+def _check_action_bounds(cfg: TrainConfig, low, high) -> bool:
+    """Whether the dataset's actions must be clipped into the env's bounds; refuses them
+    (``task.out_of_bounds_actions=error``, and always for NaN or infinite values) instead."""
+    bad = find_out_of_bounds_actions(cfg.task.dataset, low, high, cfg.task.filter_key)
+    if bad is None:
+        return False
+    if cfg.task.out_of_bounds_actions == "error" or bad.nonfinite:
+        fix = "" if bad.nonfinite else ", or set task.out_of_bounds_actions=clip"
+        raise DatasetError(f"{bad.describe()}; fix the dataset{fix}")
+    message = f"{bad.describe()}; clipped into the bounds (task.out_of_bounds_actions=clip)"
+    warnings.warn(message, stacklevel=2)
+    return True
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -284,7 +310,7 @@ def _resumed_config(cfg: TrainConfig, checkpoint: Path) -> TrainConfig:
     """The saved config, with only the training length allowed to change."""
     saved = read_config(checkpoint)
     saved.pop("shapes", None)
-    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    merged = merge_saved_config(checkpoint, TrainConfig, saved)
     merged.optim.steps = cfg.optim.steps
     merged.resume = cfg.resume
     return merged  # type: ignore[return-value]

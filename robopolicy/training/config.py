@@ -7,16 +7,25 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from robopolicy.config import ConfigError
 from robopolicy.policies.config import PolicyConfig
+
+OUT_OF_BOUNDS_ACTIONS = ("error", "clip")
 
 
 @dataclass
 class TaskConfig:
     env_id: str = MISSING
     dataset: str = MISSING  # robomimic-format HDF5 (robopolicy collect writes them)
-    obs_keys: list[str] = field(default_factory=list)  # empty: every obs key of the dataset
+    # The observations the policy reads, named (never "whatever the dataset has": a dataset that
+    # lacks one must be refused, not trained on without it); each must be in the dataset and
+    # in the env's observation space, with the same shape.
+    obs_keys: list[str] = field(default_factory=list)
     env_kwargs: dict[str, Any] = field(default_factory=lambda: {"obs_type": "state"})
     filter_key: str | None = None  # a robomimic mask, e.g. "train"
+    # Dataset actions outside the env's action bounds: error (refuse the dataset), or clip
+    # (clip them into the bounds, with a warning that counts them).
+    out_of_bounds_actions: str = "error"
 
 
 @dataclass
@@ -56,3 +65,44 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would otherwise fail mid-run (``loop.save_every=0`` divides by
+    zero after the first step) or quietly do nothing (``optim.steps=-5`` trains 0 steps)."""
+    checks = [
+        (cfg.optim.steps >= 1, f"optim.steps must be >= 1, got {cfg.optim.steps}"),
+        (cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
+        (
+            cfg.optim.warmup_steps >= 0,
+            f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}",
+        ),
+        (cfg.loop.log_every >= 1, f"loop.log_every must be >= 1, got {cfg.loop.log_every}"),
+        (cfg.loop.save_every >= 1, f"loop.save_every must be >= 1, got {cfg.loop.save_every}"),
+        (
+            cfg.loop.eval_every >= 0,
+            f"loop.eval_every must be >= 0 (0: only at the end), got {cfg.loop.eval_every}",
+        ),
+        (
+            cfg.loop.eval_num_envs >= 1,
+            f"loop.eval_num_envs must be >= 1, got {cfg.loop.eval_num_envs}",
+        ),
+        (
+            cfg.loop.final_eval_episodes >= 0,
+            f"loop.final_eval_episodes must be >= 0, got {cfg.loop.final_eval_episodes}",
+        ),
+        (
+            bool(cfg.task.obs_keys),
+            "task.obs_keys is empty: name the observations the policy reads (the task configs "
+            "in configs/task/ do), so that a dataset lacking one is refused",
+        ),
+        (
+            cfg.task.out_of_bounds_actions in OUT_OF_BOUNDS_ACTIONS,
+            f"task.out_of_bounds_actions {cfg.task.out_of_bounds_actions!r} not in "
+            f"{OUT_OF_BOUNDS_ACTIONS}",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
