@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
             "or set ROBOPOLICY_API_KEY; api_key= is refused: `ps` would show it), device, "
             "num_threads, execution.* (mode chunked|ensemble|rti, ...); observation guard: "
             "obs_guard.margin (10: how far, in normalised units, beyond the training range "
-            "[-1, 1] an observation may lie), obs_guard.action (error: refuse it | warn: log "
-            "it and act); a non-finite action is never sent; per-client limits: "
+            "[-1, 1] an observation may lie), obs_guard.action (warn: log it and act | error: "
+            "refuse it); a non-finite action is never sent; per-client limits: "
             "max_message_bytes (8 MiB), max_queued_messages (2), send_buffer_bytes (64 KiB), "
             "send_timeout_s (10: drop a client that does not read), idle_timeout_s (300), "
             "max_connections (32)",

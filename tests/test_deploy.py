@@ -104,7 +104,13 @@ def test_export_onnx_matches_torch(tmp_path, policy_type, backbone, image_size) 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     run = lift_checkpoint(tmp_path_factory.mktemp("run"))
-    cfg = ServeConfig(checkpoint=str(run), port=0, api_key="secret", max_message_bytes=2**16)
+    cfg = ServeConfig(
+        checkpoint=str(run),
+        port=0,
+        api_key="secret",
+        max_message_bytes=2**16,
+        obs_guard=ObsGuardConfig(action="error"),
+    )
     server = PolicyServer(cfg)
     return server, f"ws://127.0.0.1:{server.start_background()}"
 
@@ -255,7 +261,7 @@ EXTREME = [np.float32(3e38), np.float64(1e300), np.int64(2**62)]
 
 def test_guard_checks_observations_after_the_cast_and_against_the_training_range(caplog) -> None:
     normalizer = Normalizer.fit({"x": torch.tensor([[0.0, 10.0], [2.0, 20.0]])})  # [0,2], [10,20]
-    guard = ObsGuard(normalizer, ObsGuardConfig(margin=1.0))
+    guard = ObsGuard(normalizer, ObsGuardConfig(margin=1.0, action="error"))
     guard.check_obs({"x": torch.tensor([[2.9, 5.5]])})  # 1.9 half-ranges out: within 1 + margin
     overflow = torch.from_numpy(np.full((1, 2), 1e300)).to(torch.float32)  # inf once cast
     with pytest.raises(ObservationError, match=r"'x' is not finite as torch.float32"):
@@ -291,9 +297,10 @@ def test_server_refuses_observations_that_poison_the_network(server) -> None:
 
 @pytest.fixture(scope="module")
 def warn_server(tmp_path_factory):
-    """A server that only warns about observations: the action guard alone must hold."""
+    """A server as configured by default, only warning about observations: the action guard
+    alone must hold."""
     run = lift_checkpoint(tmp_path_factory.mktemp("run"))
-    cfg = ServeConfig(checkpoint=str(run), port=0, obs_guard=ObsGuardConfig(action="warn"))
+    cfg = ServeConfig(checkpoint=str(run), port=0)
     return f"ws://127.0.0.1:{PolicyServer(cfg).start_background()}"
 
 
@@ -357,7 +364,7 @@ def test_eval_never_steps_non_finite_actions(tmp_path) -> None:
         evaluate("robopolicy/Lift-v0", NaNAgent(), n_episodes=1, num_envs=1, progress=False)
     policy = PolicyServer(ServeConfig(checkpoint=str(lift_checkpoint(tmp_path)))).policy
     agent = type("Stub", (NaNAgent,), {"policy": policy})()
-    guarded = GuardedAgent(agent, ObsGuardConfig())
+    guarded = GuardedAgent(agent, ObsGuardConfig(action="error"))
     obs = {k: np.zeros((1, *v), np.float32) for k, v in LIFT_OBS.items()}
     obs["object"][0, 0] = 3e38
     with pytest.raises(ObservationError, match="far outside"):

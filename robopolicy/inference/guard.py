@@ -34,10 +34,16 @@ GUARD_ACTIONS = ("error", "warn")
 @dataclass
 class ObsGuardConfig:
     """``margin``: how far (normalised units) beyond the training range [-1, 1] an observation
-    feature may lie; ``action``: ``error`` (refuse the observation) or ``warn`` (log it, act)."""
+    feature may lie; ``action``: ``warn`` (log it, act) or ``error`` (refuse the observation).
+
+    ``warn`` is the default because a feature that barely varied in the demonstrations (a
+    cube's quaternion over a few demos: range 1e-4) puts legitimate observations thousands of
+    units out; ``error`` is the strict choice for a server facing untrusted clients. A
+    non-finite action is refused either way.
+    """
 
     margin: float = 10.0
-    action: str = "error"
+    action: str = "warn"
 
 
 class GuardError(ValueError):

@@ -95,8 +95,8 @@ class GuardedAgent:
     in-process eval runs it: observations are checked as the policy will see them (cast, and
     against its normaliser when it has one), and a non-finite action is never stepped.
 
-    Eval uses ``action="warn"`` by default: a simulator may legitimately wander far from the
-    demonstrations (a dropped cube), and such episodes are part of an honest success rate.
+    With the default ``action="warn"`` a simulator may wander far from the demonstrations (a
+    dropped cube) and such episodes still count, as they must for an honest success rate.
     """
 
     def __init__(self, agent: Agent, cfg: ObsGuardConfig) -> None:

@@ -56,7 +56,7 @@ def evaluate(
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    agent = GuardedAgent(agent, obs_guard if obs_guard is not None else eval_guard())
+    agent = GuardedAgent(agent, obs_guard if obs_guard is not None else ObsGuardConfig())
     env_kwargs = dict(env_kwargs or {})
     if out_dir is None:
         video_episodes = 0
@@ -111,11 +111,6 @@ def evaluate(
     return summary
 
 
-def eval_guard() -> ObsGuardConfig:
-    """Eval's guard: out-of-range observations are logged, not refused (see ``GuardedAgent``)."""
-    return ObsGuardConfig(action="warn")
-
-
 def summary_line(summary: dict[str, Any]) -> str:
     """One line for the terminal: the figure a user came for, with its uncertainty (tasks
     without a success signal, like gymnasium's locomotion, are summarised by their return)."""
@@ -153,7 +148,7 @@ class EvalConfig:
     out_dir: str | None = None
     device: str = "cpu"
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
-    obs_guard: ObsGuardConfig = field(default_factory=eval_guard)
+    obs_guard: ObsGuardConfig = field(default_factory=ObsGuardConfig)
 
 
 def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
