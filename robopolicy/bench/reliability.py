@@ -25,7 +25,6 @@ steps): what matters is a real normaliser and a real network, not a good policy.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from robopolicy.bench.deploy import _free_port, _history, _wait_until_up
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import read_config, resolve_checkpoint
-from robopolicy.config import to_dict
+from robopolicy.config import ConfigError, to_dict
 from robopolicy.deploy.codec import pack, unpack
 
 
@@ -70,9 +69,10 @@ class Config:
     oversize_frames: int = 5  # frames over max_message_bytes (each closes its connection)
     extreme_valid_steps: int = 8  # valid act steps after each extreme observation
     non_reading_clients: int = 8
-    non_reading_seconds: float = 15.0
+    non_reading_seconds: float = 20.0  # longer than send_timeout_s, so drops show
     frame_bytes: int = 2**20  # the large frames non-reading clients send
     server_overrides: list[str] = field(default_factory=list)  # e.g. [send_timeout_s=5]
+    only: list[str] = field(default_factory=list)  # section names to run (default: all)
     out_root: str = "runs/bench"
 
 
@@ -92,6 +92,10 @@ Section = Callable[[Context], dict[str, Any]]
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    names = [section.__name__ for section in sections()]
+    unknown = sorted(set(cfg.only) - set(names))
+    if unknown:
+        raise ConfigError(f"bench reliability: unknown sections {unknown} in only=; have {names}")
     out = new_run_dir(cfg.out_root, "reliability")
     checkpoint = str(
         resolve_checkpoint(cfg.checkpoint)
@@ -119,6 +123,8 @@ def run(cfg: Config) -> dict[str, Any]:
     results["sections"] = {}
     for section in sections():
         name = section.__name__
+        if cfg.only and name not in cfg.only:
+            continue
         print(f"[bench reliability] {name}", flush=True)
         start = time.perf_counter()
         results["sections"][name] = {**section(ctx), "seconds": time.perf_counter() - start}
@@ -369,7 +375,10 @@ def non_reading_clients(ctx: Context) -> dict[str, Any]:
         process = psutil.Process(server.pid)
         baseline = process.memory_info().rss
         big = pack({"type": "act", "obs": 1, "pad": b"\x00" * cfg.frame_bytes})
-        small = pack({"type": "act", "obs": 1})
+        # A small frame with a large reply: the error names each of its 100 unexpected keys.
+        echo = pack(
+            {"type": "act", "obs": {f"unexpected_{i:03d}_{'x' * 20}": 0 for i in range(100)}}
+        )
         outcome: list[str] = ["running"] * cfg.non_reading_clients
         stop = time.perf_counter() + cfg.non_reading_seconds
 
@@ -380,7 +389,7 @@ def non_reading_clients(ctx: Context) -> dict[str, Any]:
                 outcome[i] = f"refused ({type(err).__name__})"
                 return
             try:
-                outcome[i] = _flood(sender, big, small, stop)
+                outcome[i] = _flood(sender, big, echo, stop)
             finally:
                 sender.close()
 
@@ -419,15 +428,15 @@ def non_reading_clients(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _flood(sender: NonReadingClient, big: bytes, small: bytes, stop: float) -> str:
-    """Send until ``stop`` without reading; how it ended for this client."""
+def _flood(sender: NonReadingClient, big: bytes, echo: bytes, stop: float) -> str:
+    """Send until ``stop`` without reading; how it ended for this client. Frames alternate:
+    one whose large reply fills the send buffer fast, and a large one, so that once the
+    server stops reading this client half the frames it holds for it are large."""
     try:
-        for burst in itertools.count():
-            if time.perf_counter() > stop:
-                return "never blocked"
-            # Mostly small frames, whose many replies fill the send buffer fast; some large
-            # ones, which the server must not hold on to without bound.
-            sender.send(small, times=500) if burst % 10 else sender.send(big)
+        while time.perf_counter() < stop:
+            sender.send(echo)
+            sender.send(big)
+        return "never blocked"
     except OSError as err:
         if not isinstance(err, TimeoutError):
             return "dropped by the server"
@@ -435,7 +444,7 @@ def _flood(sender: NonReadingClient, big: bytes, small: bytes, stop: float) -> s
     # (Reading would show it, but this client never reads: a write fails once it is dropped.)
     while time.perf_counter() < stop:
         try:
-            sender.send(small)
+            sender.send(echo)
         except TimeoutError:
             continue
         except OSError:
