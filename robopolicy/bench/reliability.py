@@ -404,13 +404,14 @@ def non_reading_clients(ctx: Context) -> dict[str, Any]:
             time.sleep(0.05)
         alive = server.poll() is None and answers_valid_request(ctx, url)
         after = process.memory_info().rss
+        peak = max(peak, after)
     dropped = (ctx.out / "non-reading-server.log").read_text().count("send buffer full")
     bound = baseline + RSS_SLACK + cfg.non_reading_clients * _per_client_bound(cfg, limits)
     mib = 2**20
     return {
         "ok": alive and peak <= bound,
         "clients": cfg.non_reading_clients,
-        "seconds": cfg.non_reading_seconds,
+        "flood_seconds": cfg.non_reading_seconds,
         "frame_bytes": cfg.frame_bytes,
         "limits": limits,
         "rss_baseline_mib": baseline / mib,
