@@ -149,6 +149,9 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server) -> None:
         for message, expected in cases:
             with pytest.raises(ServerError, match=expected):
                 client.request(message)
+        with pytest.raises(ServerError) as echoed:  # a huge type is not echoed back whole
+            client.request({"type": "x" * 10_000})
+        assert len(str(echoed.value)) < 200
         with connect(url, additional_headers={"Authorization": "Bearer secret"}) as raw:
             raw.recv(5)  # metadata
             raw.send(b"\xc1not msgpack")
@@ -281,6 +284,8 @@ def test_guard_checks_observations_after_the_cast_and_against_the_training_range
     for bad in (ObsGuardConfig(margin=-1.0), ObsGuardConfig(action="ignore")):
         with pytest.raises(ValueError, match="obs_guard"):
             ObsGuard(normalizer, bad)
+        with pytest.raises(ValueError, match="obs_guard"):  # before any checkpoint is read
+            PolicyServer(ServeConfig(checkpoint="/nonexistent", obs_guard=bad))
 
 
 def test_server_refuses_observations_that_poison_the_network(server) -> None:

@@ -72,6 +72,7 @@ from robopolicy.inference.guard import (
     ObsGuard,
     ObsGuardConfig,
     check_actions,
+    validate_guard_config,
 )
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class PolicyServer:
         _check_limits(cfg)
         self.api_key = resolve_api_key(cfg)
         self.guard_cfg = ObsGuardConfig(**to_dict(cfg.obs_guard))
+        validate_guard_config(self.guard_cfg)  # before the checkpoint loads: fail early
         path = resolve_checkpoint(cfg.checkpoint)
         self.cfg = cfg
         self.execution = ExecutionConfig(**to_dict(cfg.execution))
