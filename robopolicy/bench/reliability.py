@@ -96,6 +96,12 @@ def run(cfg: Config) -> dict[str, Any]:
     unknown = sorted(set(cfg.only) - set(names))
     if unknown:
         raise ConfigError(f"bench reliability: unknown sections {unknown} in only=; have {names}")
+    if not 0 <= cfg.oversize_frames <= cfg.fuzz_frames or cfg.non_reading_clients < 1:
+        raise ConfigError(
+            "bench reliability: need 0 <= oversize_frames <= fuzz_frames and "
+            f"non_reading_clients >= 1, got {cfg.oversize_frames}, {cfg.fuzz_frames}, "
+            f"{cfg.non_reading_clients}"
+        )
     out = new_run_dir(cfg.out_root, "reliability")
     checkpoint = str(
         resolve_checkpoint(cfg.checkpoint)
@@ -190,13 +196,13 @@ def fuzz(ctx: Context) -> dict[str, Any]:
                 reply = unpack(ws.recv(30))
                 replies[reply.get("type", "?")] += 1
                 internal += "internal error" in str(reply.get("message", ""))
+            except TimeoutError:  # before OSError, of which it is a kind
+                replies["no reply (30 s)"] += 1
             except (ConnectionClosed, OSError):
                 replies["connection closed"] += 1
                 ws.close()
                 ws = _open(url)
                 connections += 1
-            except TimeoutError:
-                replies["no reply (30 s)"] += 1
         ws.close()
         alive = server.poll() is None and answers_valid_request(ctx, url)
     ok = alive and internal == 0 and "no reply (30 s)" not in replies
@@ -438,9 +444,10 @@ def _flood(sender: NonReadingClient, big: bytes, echo: bytes, stop: float) -> st
             sender.send(echo)
             sender.send(big)
         return "never blocked"
-    except OSError as err:
-        if not isinstance(err, TimeoutError):
-            return "dropped by the server"
+    except TimeoutError:  # before OSError, of which it is a kind
+        pass
+    except OSError:
+        return "dropped by the server"
     # The server stopped reading this client: it must drop it, not hold its frames forever.
     # (Reading would show it, but this client never reads: a write fails once it is dropped.)
     while time.perf_counter() < stop:
