@@ -172,9 +172,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from robopolicy.config import load_config
-    from robopolicy.deploy.server import ServeConfig, run_server
+    from robopolicy.config import ConfigError, load_config
+    from robopolicy.deploy.server import API_KEY_ENV, ServeConfig, run_server
 
+    if any(item.split("=", 1)[0].strip() == "api_key" for item in args.overrides):
+        raise ConfigError(
+            "api_key= on the command line is visible to every user in `ps`; put the key in "
+            f"the {API_KEY_ENV} environment variable or in a file given as api_key_file=PATH"
+        )
     run_server(load_config(None, ServeConfig, [f"checkpoint={args.config}", *args.overrides]))
 
 
@@ -234,8 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
             "serve",
             _cmd_serve,
             "serve a checkpoint to robot controllers over websockets (msgpack, no pickle); "
-            "overrides: host (127.0.0.1), port (8765), api_key, device, num_threads, "
-            "max_message_bytes, execution.* (mode chunked|ensemble|rti, ...)",
+            "overrides: host (127.0.0.1), port (8765), api_key_file (a file holding the API key; "
+            "or set ROBOPOLICY_API_KEY; api_key= is refused: `ps` would show it), device, "
+            "num_threads, execution.* (mode chunked|ensemble|rti, ...); observation guard: "
+            "obs_guard.margin (10: how far, in normalised units, beyond the training range "
+            "[-1, 1] an observation may lie), obs_guard.action (warn: log it and act | error: "
+            "refuse it); a non-finite action is never sent; per-client limits: "
+            "max_message_bytes (8 MiB), max_queued_messages (2), send_buffer_bytes (64 KiB), "
+            "send_timeout_s (10: drop a client that does not read), idle_timeout_s (300), "
+            "max_connections (32)",
             "checkpoint",
         ),
     ):

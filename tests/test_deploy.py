@@ -3,8 +3,10 @@ fixed-rate control loop (late actions dropped, missed deadlines counted)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 import urllib.request
 
 import msgpack
@@ -15,14 +17,24 @@ from bc_fixtures import TINY as BC_TINY
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from robopolicy.bench.reliability import NonReadingClient
 from robopolicy.checkpoint import save_checkpoint
+from robopolicy.cli import build_parser, main
 from robopolicy.data.normalizer import Normalizer
 from robopolicy.deploy.client import PolicyClient, ServerError
 from robopolicy.deploy.codec import ProtocolError, pack, unpack
 from robopolicy.deploy.controller import ControlLoop, SimController
 from robopolicy.deploy.export import export_checkpoint
-from robopolicy.deploy.server import PolicyServer, ServeConfig
+from robopolicy.deploy.server import PolicyServer, ServeConfig, resolve_api_key
+from robopolicy.inference.guard import (
+    NonFiniteActionError,
+    ObservationError,
+    ObsGuard,
+    ObsGuardConfig,
+    check_actions,
+)
 from robopolicy.policies import PolicyConfig, PolicyShapes, make_policy
+from robopolicy.sim.agents import GuardedAgent
 
 LIFT_OBS = {"object": [10], "robot0_eef_pos": [3], "robot0_gripper_qpos": [2]}
 TINY = {**BC_TINY, "num_inference_steps": 4, "image_feature_dim": 8}
@@ -92,7 +104,13 @@ def test_export_onnx_matches_torch(tmp_path, policy_type, backbone, image_size) 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     run = lift_checkpoint(tmp_path_factory.mktemp("run"))
-    cfg = ServeConfig(checkpoint=str(run), port=0, api_key="secret", max_message_bytes=2**16)
+    cfg = ServeConfig(
+        checkpoint=str(run),
+        port=0,
+        api_key="secret",
+        max_message_bytes=2**16,
+        obs_guard=ObsGuardConfig(action="error"),
+    )
     server = PolicyServer(cfg)
     return server, f"ws://127.0.0.1:{server.start_background()}"
 
@@ -131,6 +149,9 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(server) -> None:
         for message, expected in cases:
             with pytest.raises(ServerError, match=expected):
                 client.request(message)
+        with pytest.raises(ServerError) as echoed:  # a huge type is not echoed back whole
+            client.request({"type": "x" * 10_000})
+        assert len(str(echoed.value)) < 200
         with connect(url, additional_headers={"Authorization": "Bearer secret"}) as raw:
             raw.recv(5)  # metadata
             raw.send(b"\xc1not msgpack")
@@ -235,3 +256,199 @@ def test_sim_controller_runs_an_episode_through_the_server(server) -> None:
         assert stats.missed_deadlines == 0
     finally:
         sim.disconnect()
+
+
+# ---- reliability (issue 34): the guard, server limits, the API key ---------------------------
+EXTREME = [np.float32(3e38), np.float64(1e300), np.int64(2**62)]
+
+
+def test_guard_checks_observations_after_the_cast_and_against_the_training_range(caplog) -> None:
+    normalizer = Normalizer.fit({"x": torch.tensor([[0.0, 10.0], [2.0, 20.0]])})  # [0,2], [10,20]
+    guard = ObsGuard(normalizer, ObsGuardConfig(margin=1.0, action="error"))
+    guard.check_obs({"x": torch.tensor([[2.9, 5.5]])})  # 1.9 half-ranges out: within 1 + margin
+    overflow = torch.from_numpy(np.full((1, 2), 1e300)).to(torch.float32)  # inf once cast
+    with pytest.raises(ObservationError, match=r"'x' is not finite as torch.float32"):
+        guard.check_obs({"x": overflow})
+    with pytest.raises(
+        ObservationError, match=r"'x'\[1\] = 4.612e\+18 is far outside .*\[10, 20\]"
+    ):
+        guard.check_obs({"x": torch.tensor([[1.0, float(2**62)]])})
+    warn = ObsGuard(normalizer, ObsGuardConfig(margin=1.0, action="warn"))
+    for _ in range(3):
+        warn.check_obs({"x": torch.tensor([[3e38, 15.0]])})
+    assert warn.out_of_range == 3 and len(caplog.records) == 1  # logged once, then counted
+    guard.check_obs({"image": torch.full((2, 2), 255, dtype=torch.uint8)})  # no statistics
+    check_actions(np.zeros(3))
+    with pytest.raises(NonFiniteActionError, match="1 of 3 entries"):
+        check_actions(torch.tensor([0.0, float("nan"), 1.0]))
+    for bad in (ObsGuardConfig(margin=-1.0), ObsGuardConfig(action="ignore")):
+        with pytest.raises(ValueError, match="obs_guard"):
+            ObsGuard(normalizer, bad)
+        with pytest.raises(ValueError, match="obs_guard"):  # before any checkpoint is read
+            PolicyServer(ServeConfig(checkpoint="/nonexistent", obs_guard=bad))
+
+
+def test_server_refuses_observations_that_poison_the_network(server) -> None:
+    _, url = server
+    with PolicyClient(url, api_key="secret") as client:
+        for value in EXTREME:
+            for with_time in (True, False):
+                obs = lift_obs(with_time)
+                obs["object"] = np.full(obs["object"].shape, value)
+                with pytest.raises(ServerError, match="not finite as|far outside"):
+                    client.request({"type": "chunk" if with_time else "act", "obs": obs})
+        assert np.isfinite(client.act(lift_obs())).all()
+
+
+@pytest.fixture(scope="module")
+def warn_server(tmp_path_factory):
+    """A server as configured by default, only warning about observations: the action guard
+    alone must hold."""
+    run = lift_checkpoint(tmp_path_factory.mktemp("run"))
+    cfg = ServeConfig(checkpoint=str(run), port=0)
+    return f"ws://127.0.0.1:{PolicyServer(cfg).start_background()}"
+
+
+def test_server_never_sends_non_finite_actions_and_drops_the_poisoned_plan(warn_server) -> None:
+    poisoned = lift_obs()
+    poisoned["object"] = np.full(10, np.float32(3e38))  # finite, but NaN out of the network
+    with PolicyClient(warn_server) as client:
+        with pytest.raises(ServerError, match="non-finite action chunk"):
+            client.chunk({k: np.stack([v, v]) for k, v in poisoned.items()})
+        with pytest.raises(ServerError, match="non-finite action"):
+            client.act(poisoned)
+        for _ in range(8):  # the rest of the poisoned chunk must not serve these
+            assert np.isfinite(client.act(lift_obs())).all()
+
+
+class NaNClient(FakeClient):
+    def request(self, message: dict) -> dict:
+        reply = super().request(message)
+        if message["type"] == "chunk":
+            reply["actions"][2] = np.nan
+        return reply
+
+
+def test_control_loop_never_sends_non_finite_actions_or_observations() -> None:
+    robot = FakeRobot()
+    loop = ControlLoop(NaNClient([0.0], latency=0.0), clock=lambda: 0.0, sleep=lambda s: None)
+    with pytest.raises(NonFiniteActionError):
+        loop.run(robot, max_ticks=5, done=lambda: False)
+    assert robot.sent == []  # not even the finite actions of the poisoned chunk
+    robot.get_observation = lambda: {"x": np.full(1, 1e300)}
+    loop = ControlLoop(FakeClient([0.0], latency=0.0), clock=lambda: 0.0, sleep=lambda s: None)
+    with pytest.raises(ObservationError, match="'x' is not finite"):
+        loop.run(robot, max_ticks=5, done=lambda: False)
+    assert robot.sent == []
+
+
+class NaNAgent:
+    name = "nan"
+
+    def prepare(self, envs) -> None:
+        pass
+
+    def reset(self, env_mask) -> None:
+        pass
+
+    def act(self, obs, envs) -> np.ndarray:
+        return np.full((len(env_mask_of(obs)), 4), np.nan, dtype=np.float32)
+
+    def metrics(self) -> dict:
+        return {}
+
+
+def env_mask_of(obs: dict) -> np.ndarray:
+    return next(iter(obs.values()))
+
+
+def test_eval_never_steps_non_finite_actions(tmp_path) -> None:
+    from robopolicy.sim.evaluate import evaluate
+
+    with pytest.raises(NonFiniteActionError):
+        evaluate("robopolicy/Lift-v0", NaNAgent(), n_episodes=1, num_envs=1, progress=False)
+    policy = PolicyServer(ServeConfig(checkpoint=str(lift_checkpoint(tmp_path)))).policy
+    agent = type("Stub", (NaNAgent,), {"policy": policy})()
+    guarded = GuardedAgent(agent, ObsGuardConfig(action="error"))
+    obs = {k: np.zeros((1, *v), np.float32) for k, v in LIFT_OBS.items()}
+    obs["object"][0, 0] = 3e38
+    with pytest.raises(ObservationError, match="far outside"):
+        guarded.act(obs, None)
+
+
+@pytest.fixture()
+def limited_server(tmp_path):
+    cfg = ServeConfig(
+        checkpoint=str(lift_checkpoint(tmp_path)),
+        port=0,
+        max_connections=2,
+        send_buffer_bytes=1024,
+        send_timeout_s=0.5,
+        idle_timeout_s=1.0,
+    )
+    server = PolicyServer(cfg)
+    return server, f"ws://127.0.0.1:{server.start_background()}"
+
+
+def test_server_caps_connections_and_closes_idle_ones(limited_server) -> None:
+    _, url = limited_server
+    first, second = PolicyClient(url), PolicyClient(url)
+    with pytest.raises(InvalidStatus, match="503"):
+        PolicyClient(url)
+    first.close()
+    with PolicyClient(url) as third:
+        assert third.chunk(lift_obs(True)).shape == (7, 4)
+        time.sleep(1.5)  # silent past idle_timeout_s
+        with pytest.raises(ConnectionClosed, match="idle"):
+            third.request({"type": "ping"})
+    second.close()
+
+
+def test_server_drops_a_client_that_does_not_read(limited_server) -> None:
+    server, url = limited_server
+    sender = NonReadingClient(url, timeout=0.5)
+    frame = pack({"type": "act", "obs": 1})  # answered with an error, no inference
+    with contextlib.suppress(OSError):  # blocks once the server stops reading, then resets
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            sender.send(frame)
+    sender.close()
+    deadline = time.time() + 5
+    while server.dropped == 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert server.dropped == 1
+    with PolicyClient(url) as client:
+        assert client.chunk(lift_obs(True)).shape == (7, 4)
+
+
+def test_api_key_comes_from_a_file_or_the_environment_not_the_command_line(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    run = lift_checkpoint(tmp_path / "run")
+    assert main(["serve", str(run), "api_key=hunter2"]) == 2
+    err = capsys.readouterr().err
+    assert "robopolicy serve: error: api_key= on the command line" in err and "ps" in err
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("ROBOPOLICY_API_KEY", "from-env")
+    assert resolve_api_key(ServeConfig(api_key_file=str(key_file))) == "from-file"
+    assert resolve_api_key(ServeConfig()) == "from-env"
+    monkeypatch.delenv("ROBOPOLICY_API_KEY")
+    assert resolve_api_key(ServeConfig()) is None
+    key_file.write_text("\n")
+    with pytest.raises(ValueError, match="api_key_file .* is empty"):
+        resolve_api_key(ServeConfig(api_key_file=str(key_file)))
+    with pytest.raises(FileNotFoundError, match="api_key_file"):
+        resolve_api_key(ServeConfig(api_key_file=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="not both"):
+        resolve_api_key(ServeConfig(api_key="a", api_key_file=str(key_file)))
+    key_file.write_text("from-file")
+    server = PolicyServer(ServeConfig(checkpoint=str(run), port=0, api_key_file=str(key_file)))
+    url = f"ws://127.0.0.1:{server.start_background()}"
+    with pytest.raises(InvalidStatus, match="401"):
+        PolicyClient(url)
+    with PolicyClient(url, api_key="from-file") as client:
+        assert client.request({"type": "ping"})["type"] == "pong"
+    serve_help = build_parser()._subparsers._group_actions[0].choices["serve"].description
+    assert "api_key_file" in serve_help and "ROBOPOLICY_API_KEY" in serve_help

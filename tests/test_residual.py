@@ -12,10 +12,11 @@ from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.cli import main
 from robopolicy.config import ConfigError, load_config
 from robopolicy.data.hdf5 import load_episodes
-from robopolicy.deploy.client import PolicyClient
+from robopolicy.deploy.client import PolicyClient, ServerError
 from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.inference.chunking import ChunkExecutor
 from robopolicy.inference.execution import ExecutionConfig
+from robopolicy.inference.guard import ObsGuardConfig
 from robopolicy.rl.actors import load_rl_agent
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import RLDivergedError, finetune
@@ -187,6 +188,7 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     assert main(["eval", str(checkpoint), "n_episodes=2", "video_episodes=0"]) == 0
     assert "residual(td3)" in capsys.readouterr().out
     _served_residual_acts_like_the_local_one(str(checkpoint))
+    _served_residual_never_sends_non_finite_actions(str(checkpoint))
     # resume from the step-20 checkpoint: continues the counters and reaches the same end
     resumed = finetune(
         load_config(None, FinetuneConfig, [f"resume={run_dir / 'checkpoints' / '0000020'}"])
@@ -269,6 +271,24 @@ def _served_residual_acts_like_the_local_one(checkpoint: str) -> None:
             assert served[GRIPPER[0]] in (-1.0, 1.0)
     with pytest.raises(ValueError, match="do not apply to an RL checkpoint"):
         PolicyServer(ServeConfig(checkpoint, port=0, execution=ExecutionConfig(mode="rti")))
+
+
+def _served_residual_never_sends_non_finite_actions(checkpoint: str) -> None:
+    """A finite observation that makes the base's network return NaN (float32 3e38) gets an
+    error reply, not a NaN action; the episode's poisoned base chunk does not serve the next
+    valid observations. With the guard refusing such observations, it never reaches the base."""
+    strict = ServeConfig(checkpoint=checkpoint, port=0, obs_guard=ObsGuardConfig(action="error"))
+    for cfg in (ServeConfig(checkpoint=checkpoint, port=0), strict):
+        server = PolicyServer(cfg)
+        with PolicyClient(f"ws://127.0.0.1:{server.start_background()}") as client:
+            spec = client.metadata["observations"]
+            centre = server.policy.normalizer.unnormalize  # of the training range: valid
+            valid = {k: centre(k, torch.zeros(v["shape"])).numpy() for k, v in spec.items()}
+            poisoned = {k: np.full(v["shape"], np.float32(3e38)) for k, v in spec.items()}
+            with pytest.raises(ServerError, match="non-finite action|far outside"):
+                client.act(poisoned)
+            for _ in range(10):  # more than one base chunk
+                assert np.isfinite(client.act(valid)).all()
 
 
 def test_finetune_rejects_bad_bases(tiny_run, tmp_path) -> None:

@@ -20,6 +20,7 @@ SUITES = {
     "dsrl": "robopolicy.bench.rl",
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
+    "reliability": "robopolicy.bench.reliability",
 }
 
 

@@ -13,6 +13,11 @@ from that observation, whose i-th action is due at tick k + i::
 Actions whose tick has passed are dropped, never sent late, and every tick without a fresh
 action counts as a missed deadline (the robot holds its last command). In ``act`` mode the
 server runs its own execution scheme (e.g. RTI) and answers one action per tick.
+
+The loop guards its robot as the server guards its policy (``robopolicy.inference.guard``):
+an observation that is not finite as float32 (what the server computes in) is not sent, and a
+reply holding NaN or inf is never sent to the robot: the planned actions are dropped and
+``NonFiniteActionError`` ends the run.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from robopolicy.deploy.client import PolicyClient
+from robopolicy.inference.guard import ObsGuard, ObsGuardConfig, check_actions
 
 
 class Controller(Protocol):
@@ -71,6 +78,7 @@ class ControlLoop:
         self.client, self.mode, self.clock, self.sleep = client, mode, clock, sleep
         self.obs_horizon = int(meta["obs_horizon"])
         self.action_horizon = int(meta["action_horizon"])
+        self.guard = ObsGuard(None, ObsGuardConfig())  # no statistics here: finiteness only
 
     def run(self, controller: Controller, max_ticks: int, done: Callable[[], bool]) -> LoopStats:
         """Control until ``done()`` or ``max_ticks``; one episode (the server is reset first)."""
@@ -86,6 +94,7 @@ class ControlLoop:
             if wait > 0:
                 self.sleep(wait)
             obs = controller.get_observation()
+            self._check_observation(obs)
             if not history:  # an episode starts: pad with its first observation, as training
                 history.extend([obs] * self.obs_horizon)
             else:
@@ -109,12 +118,21 @@ class ControlLoop:
     def _plan(self, obs, history, schedule, tick: int, stats: LoopStats) -> None:
         if self.mode == "act":
             reply = self._request(stats, {"type": "act", "obs": obs})
+            check_actions(np.asarray(reply["action"]))
             schedule.append((tick, reply["action"]))
             return
         stacked = {key: np.stack([o[key] for o in history]) for key in obs}
         actions = self._request(stats, {"type": "chunk", "obs": stacked})["actions"]
+        check_actions(np.asarray(actions[: self.action_horizon]), "action chunk")
         for i, action in enumerate(actions[: self.action_horizon]):
             schedule.append((tick + i, action))
+
+    def _check_observation(self, obs: dict[str, np.ndarray]) -> None:
+        """Every observation, as it may be sent later in a chunk request's history."""
+        arrays = {key: np.asarray(value) for key, value in obs.items()}
+        self.guard.check_obs(
+            {k: torch.as_tensor(v).float() for k, v in arrays.items() if v.dtype != np.uint8}
+        )
 
     def _request(self, stats: LoopStats, message: dict) -> dict:
         reply = self.client.request(message)

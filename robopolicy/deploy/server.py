@@ -20,11 +20,23 @@ Protocol (every frame a msgpack map, arrays as in ``deploy.codec``):
     {"type": "ping"}                                ->  {"type": "pong"}
     anything wrong                                  ->  {"type": "error", "message": "..."}
 
-HTTP ``GET /healthz`` answers 200 without a websocket. With an API key, the handshake must
-carry ``Authorization: Bearer <key>`` (401 otherwise). A bad message gets an error reply and
-the connection stays open; a client that vanishes mid-request only ends its own connection.
-Inference is serialised by a lock and runs in a worker thread, so the event loop keeps
-answering health checks and other clients' bad messages while the policy computes.
+HTTP ``GET /healthz`` answers 200 without a websocket. With an API key (from the environment
+variable ``ROBOPOLICY_API_KEY`` or ``api_key_file``, never the command line, where ``ps`` shows
+it), the handshake must carry ``Authorization: Bearer <key>`` (401 otherwise). A bad message
+gets an error reply and the connection stays open; a client that vanishes mid-request only
+ends its own connection. Inference is serialised by a lock and runs in a worker thread, so the
+event loop keeps answering health checks and other clients' bad messages while the policy
+computes.
+
+Observations are checked after the cast to the model's dtype against the normaliser's range
+(``obs_guard``, see ``robopolicy.inference.guard``), and a non-finite action is never sent: the
+reply is an error and the connection's planned actions are dropped.
+
+Each client's memory is bounded: at most ``max_queued_messages`` frames of at most
+``max_message_bytes`` wait to be read, and replies wait in a send buffer of
+``send_buffer_bytes``; a client that lets it stay full for ``send_timeout_s`` (it does not
+read) is dropped, one that sends nothing for ``idle_timeout_s`` is closed, and beyond
+``max_connections`` a handshake gets 503.
 """
 
 from __future__ import annotations
@@ -34,15 +46,19 @@ import contextlib
 import hmac
 import http
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from websockets.asyncio.server import Request, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from robopolicy.checkpoint import load_policy, read_config, read_meta, resolve_checkpoint
 from robopolicy.config import to_dict
@@ -50,8 +66,18 @@ from robopolicy.deploy.codec import MAX_MESSAGE_BYTES, ProtocolError, pack, unpa
 from robopolicy.deploy.export import deploy_metadata
 from robopolicy.inference.execution import ExecutionConfig, make_executor
 from robopolicy.inference.executor import threshold_discrete
+from robopolicy.inference.guard import (
+    GuardError,
+    NonFiniteActionError,
+    ObsGuard,
+    ObsGuardConfig,
+    check_actions,
+    validate_guard_config,
+)
 
 log = logging.getLogger(__name__)
+
+API_KEY_ENV = "ROBOPOLICY_API_KEY"
 
 
 MAX_PORT = 65535
@@ -62,11 +88,57 @@ class ServeConfig:
     checkpoint: str = ""
     host: str = "127.0.0.1"  # loopback only unless asked otherwise
     port: int = 8765
-    api_key: str | None = None
+    api_key: str | None = None  # Python callers only; the CLI takes api_key_file or the env
+    api_key_file: str | None = None  # a file holding the key (else $ROBOPOLICY_API_KEY)
     device: str = "cpu"
     num_threads: int = 0  # torch threads (0: torch's default)
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_queued_messages: int = 2  # frames read ahead per client (each up to max_message_bytes)
+    send_buffer_bytes: int = 2**16  # replies buffered per client before sending waits
+    send_timeout_s: float = 10.0  # a client whose send buffer stays full this long is dropped
+    idle_timeout_s: float = 300.0  # close a connection silent this long (0: never)
+    max_connections: int = 32  # further handshakes get 503
+    obs_guard: ObsGuardConfig = field(default_factory=ObsGuardConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+def resolve_api_key(cfg: ServeConfig) -> str | None:
+    """The key from ``api_key`` (Python callers), ``api_key_file`` or ``$ROBOPOLICY_API_KEY``;
+    None without any. Giving two is an error rather than a silent choice."""
+    given = [name for name in ("api_key", "api_key_file") if getattr(cfg, name) is not None]
+    if len(given) > 1:
+        raise ValueError("give api_key or api_key_file, not both")
+    if cfg.api_key is not None:
+        key = cfg.api_key
+    elif cfg.api_key_file is not None:
+        path = Path(cfg.api_key_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"api_key_file {path} does not exist")
+        if path.stat().st_mode & 0o077:
+            log.warning("api_key_file %s is readable by other users (chmod 600 it)", path)
+        key = path.read_text().strip()
+    else:
+        key = os.environ.get(API_KEY_ENV) or None
+        if key is None:
+            return None
+    if not key:
+        where = f"api_key_file {cfg.api_key_file}" if cfg.api_key_file else "api_key"
+        raise ValueError(f"{where} is empty")
+    return key
+
+
+def _check_limits(cfg: ServeConfig) -> None:
+    for name in (
+        "max_message_bytes",
+        "max_queued_messages",
+        "send_buffer_bytes",
+        "max_connections",
+    ):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("send_timeout_s", "idle_timeout_s"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: no timeout), got {getattr(cfg, name)}")
 
 
 class PolicyServer:
@@ -75,6 +147,10 @@ class PolicyServer:
             raise ValueError(f"port must be in 0..{MAX_PORT} (0: any free port), got {cfg.port}")
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
+        _check_limits(cfg)
+        self.api_key = resolve_api_key(cfg)
+        self.guard_cfg = ObsGuardConfig(**to_dict(cfg.obs_guard))
+        validate_guard_config(self.guard_cfg)  # before the checkpoint loads: fail early
         path = resolve_checkpoint(cfg.checkpoint)
         self.cfg = cfg
         self.execution = ExecutionConfig(**to_dict(cfg.execution))
@@ -93,6 +169,10 @@ class PolicyServer:
             execution=asdict(self.execution), num_inference_steps=self.policy.num_inference_steps
         )
         self.discrete_dims = list(self.metadata["discrete_action_dims"])
+        self.guard = ObsGuard(self.policy.normalizer, self.guard_cfg)
+        self.dtype = next(self.policy.parameters()).dtype
+        self._accepted: set[ServerConnection] = set()
+        self.dropped = 0  # clients dropped for not reading their replies
         if self.rl_agent is not None:  # the first session fixes the base's sampler, once
             self._new_session()
         self._lock = asyncio.Lock()
@@ -124,14 +204,28 @@ class PolicyServer:
                 raise ProtocolError(f"observation {key!r}: expected numbers, got {value.dtype}")
             if not image and not np.isfinite(value).all():
                 raise ProtocolError(f"observation {key!r} contains NaN or inf")
-            tensor = torch.from_numpy(value if image else value.astype(np.float32))
-            out[key] = tensor.unsqueeze(0).to(self.policy.device)
-        return out
+            tensor = torch.from_numpy(value)
+            out[key] = (tensor if image else tensor.to(self.dtype)).unsqueeze(0)
+        self.guard.check_obs(out)  # after the cast: 1e300 is inf in float32
+        return {key: value.to(self.policy.device) for key, value in out.items()}
 
     # ---- inference -------------------------------------------------------------------------
     def _chunk(self, obs: dict[str, torch.Tensor]) -> np.ndarray:
         chunk = self.policy.predict_chunk(obs)[0, self.policy.obs_horizon - 1 :]
+        check_actions(chunk, "action chunk")
         return threshold_discrete(chunk, self.discrete_dims).cpu().numpy()
+
+    @staticmethod
+    def _act(executor, obs: dict[str, torch.Tensor]) -> np.ndarray:
+        """One step of the connection's execution scheme; a non-finite action drops the plan
+        (the rest of a poisoned chunk would otherwise serve the next valid observations)."""
+        action = executor.act(obs)[0]
+        try:
+            check_actions(action)
+        except NonFiniteActionError:
+            executor.reset()
+            raise
+        return action.cpu().numpy()
 
     async def _infer(self, function, *args) -> tuple[Any, float]:
         async with self._lock:
@@ -148,14 +242,15 @@ class PolicyServer:
             return {"type": "chunk", "actions": actions, "server_ms": ms}
         if kind == "act":
             obs = self._observation(message, False)
-            action, ms = await self._infer(executor.act, obs)
-            return {"type": "action", "action": action[0].cpu().numpy(), "server_ms": ms}
+            action, ms = await self._infer(self._act, executor, obs)
+            return {"type": "action", "action": action, "server_ms": ms}
         if kind == "reset":
             executor.reset()
             return {"type": "reset"}
         if kind == "ping":
             return {"type": "pong"}
-        raise ProtocolError(f"unknown message type {kind!r}; expected chunk, act, reset or ping")
+        shown = repr(kind) if len(repr(kind)) <= 60 else repr(kind)[:60] + "..."  # no echoing MBs
+        raise ProtocolError(f"unknown message type {shown}; expected chunk, act, reset or ping")
 
     # ---- connections -----------------------------------------------------------------------
     async def _handle(self, connection: ServerConnection) -> None:
@@ -167,21 +262,43 @@ class PolicyServer:
             )
         )
         try:
-            await connection.send(pack({"type": "metadata", **self.metadata}))
-            async for payload in connection:
+            await self._send(connection, {"type": "metadata", **self.metadata})
+            while (payload := await self._receive(connection)) is not None:
                 try:
                     reply = await self._reply(unpack(payload), executor)
                     self.requests_served += 1
-                except ProtocolError as err:
+                except (ProtocolError, GuardError) as err:
                     self.errors += 1
                     reply = {"type": "error", "message": str(err)}
                 except Exception as err:  # a bug on our side: report it, keep serving
                     self.errors += 1
                     log.exception("request failed")
                     reply = {"type": "error", "message": f"internal error: {err!r}"}
-                await connection.send(pack(reply))
+                await self._send(connection, reply)
         except ConnectionClosed:
             pass  # the client left, possibly mid-request: nothing else is affected
+        except TimeoutError:  # its replies stayed unread: drop it, freeing its buffers
+            self.dropped += 1
+            log.warning(
+                "dropped %s: send buffer full for %g s",
+                connection.remote_address,
+                self.cfg.send_timeout_s,
+            )
+            connection.transport.abort()
+
+    async def _receive(self, connection: ServerConnection) -> bytes | str | None:
+        """The next frame, or None once the client is silent for ``idle_timeout_s`` (closed)."""
+        timeout = self.cfg.idle_timeout_s or None
+        try:
+            return await asyncio.wait_for(connection.recv(), timeout)
+        except TimeoutError:
+            await connection.close(1000, f"idle for {self.cfg.idle_timeout_s:g} s")
+            return None
+
+    async def _send(self, connection: ServerConnection, message: dict[str, Any]) -> None:
+        """Send, or raise ``TimeoutError`` when the send buffer stays full (the client does not
+        read): without the limit each such client pins its queued frames and replies."""
+        await asyncio.wait_for(connection.send(pack(message)), self.cfg.send_timeout_s or None)
 
     def _new_session(self) -> AgentSession:
         return AgentSession(self.rl_agent, self.discrete_dims)
@@ -189,10 +306,21 @@ class PolicyServer:
     def _process_request(self, connection: ServerConnection, request: Request):
         if request.path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if self.cfg.api_key is not None:
+        if self.api_key is not None:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given, f"Bearer {self.cfg.api_key}"):
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}"):
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong key\n")
+        self._accepted = {c for c in self._accepted if c.state is not State.CLOSED}
+        if len(self._accepted) >= self.cfg.max_connections:
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"at the limit of {self.cfg.max_connections} connections (max_connections)\n",
+            )
+        self._accepted.add(connection)
+        # The kernel's buffer too: autotuned, it would hold megabytes of unread replies.
+        sock = connection.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.send_buffer_bytes)
         return None
 
     async def serve_forever(self, ready: threading.Event | None = None) -> None:
@@ -202,6 +330,8 @@ class PolicyServer:
             self.cfg.port,
             process_request=self._process_request,
             max_size=self.cfg.max_message_bytes,
+            max_queue=self.cfg.max_queued_messages,
+            write_limit=self.cfg.send_buffer_bytes,
             compression=None,  # float arrays barely compress; deflate would only add latency
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
@@ -253,7 +383,7 @@ def run_server(cfg: ServeConfig) -> None:
     print(
         f"serving {what}{meta['policy_type']}-{meta['backbone']} for {meta['env_id']} "
         f"({meta['control_hz']:g} Hz) on ws://{cfg.host}:{cfg.port} "
-        f"{'(API key required)' if cfg.api_key else ''}",
+        f"{'(API key required)' if server.api_key else ''}",
         flush=True,
     )
     try:

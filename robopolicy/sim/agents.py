@@ -12,6 +12,7 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
+from robopolicy.inference.guard import ObsGuard, ObsGuardConfig, check_actions
 from robopolicy.inference.history import obs_tensor
 
 
@@ -87,3 +88,38 @@ class PolicyAgent:
 
     def metrics(self) -> dict[str, float]:
         return {"network_evaluations_per_action": self.executor.evaluations_per_action}
+
+
+class GuardedAgent:
+    """Any agent behind the observation and action guard (``robopolicy.inference.guard``), as
+    in-process eval runs it: observations are checked as the policy will see them (cast, and
+    against its normaliser when it has one), and a non-finite action is never stepped.
+
+    With the default ``action="warn"`` a simulator may wander far from the demonstrations (a
+    dropped cube) and such episodes still count, as they must for an honest success rate.
+    """
+
+    def __init__(self, agent: Agent, cfg: ObsGuardConfig) -> None:
+        self.agent = agent
+        self.name = agent.name
+        normalizer = getattr(getattr(agent, "policy", None), "normalizer", None)
+        self.guard = ObsGuard(normalizer, cfg)
+
+    def prepare(self, envs: gym.vector.VectorEnv) -> None:
+        self.agent.prepare(envs)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        self.agent.reset(env_mask)
+
+    def act(self, obs: dict[str, np.ndarray], envs: gym.vector.VectorEnv) -> np.ndarray:
+        arrays = obs if isinstance(obs, dict) else {"obs": obs}
+        checked = self.guard.keys or set(arrays)  # with a normaliser: what the policy reads
+        self.guard.check_obs(
+            {k: obs_tensor(np.asarray(v)) for k, v in arrays.items() if k in checked}
+        )
+        actions = self.agent.act(obs, envs)
+        check_actions(np.asarray(actions))
+        return actions
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.agent.metrics(), "obs_out_of_range": self.guard.out_of_range}

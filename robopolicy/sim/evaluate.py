@@ -18,7 +18,8 @@ from tqdm import tqdm
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig, describe
-from robopolicy.sim.agents import Agent, ExpertAgent, PolicyAgent
+from robopolicy.inference.guard import ObsGuardConfig
+from robopolicy.sim.agents import Agent, ExpertAgent, GuardedAgent, PolicyAgent
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
 from robopolicy.sim.stats import wilson_interval
 from robopolicy.sim.vector import make_vector_env
@@ -37,8 +38,13 @@ def evaluate(
     video_episodes: int = 2,
     progress: bool = True,
     sampler_seed: int | None = None,
+    obs_guard: ObsGuardConfig | None = None,
 ) -> dict[str, Any]:
     """Run ``n_episodes`` episodes with seeds ``seed, seed+1, ...`` and summarise them.
+
+    The agent runs behind the guard (``GuardedAgent``; ``obs_guard`` defaults to warning about
+    observations far outside the training data): a non-finite action raises
+    ``NonFiniteActionError`` instead of being stepped.
 
     The default seeds start at 100000, away from the seeds data collection uses (0, 1, ...),
     so an evaluation never replays the initial states of the training demonstrations.
@@ -50,6 +56,7 @@ def evaluate(
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    agent = GuardedAgent(agent, obs_guard if obs_guard is not None else ObsGuardConfig())
     env_kwargs = dict(env_kwargs or {})
     if out_dir is None:
         video_episodes = 0
@@ -141,6 +148,7 @@ class EvalConfig:
     out_dir: str | None = None
     device: str = "cpu"
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    obs_guard: ObsGuardConfig = field(default_factory=ObsGuardConfig)
 
 
 def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
@@ -204,5 +212,6 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         out_dir=out_dir,
         video_episodes=cfg.video_episodes,
         sampler_seed=cfg.sampler_seed,
+        obs_guard=ObsGuardConfig(**to_dict(cfg.obs_guard)),
     )
     return {**summary, "out_dir": out_dir}
