@@ -26,15 +26,17 @@ EPILOG = """examples:
   robopolicy collect configs/collect/lift_proficient.yaml n_demos=50
   robopolicy train configs/train/lift_diffusion.yaml optim.steps=2000
   robopolicy finetune configs/rl/residual_lift.yaml env_steps=50000
-  robopolicy eval runs/lift_diffusion/<time> n_episodes=100
+  robopolicy eval runs/lift_diffusion n_episodes=100  # runs/<name>: its newest run
   robopolicy eval configs/eval/lift_expert.yaml n_episodes=100 noise=0.6
   robopolicy eval RUN execution.mode=rti execution.sampler=ddpm \
-      execution.num_inference_steps=100 execution.rti_start_step=3
+      execution.num_inference_steps=100 execution.rti_start_step=2 \
+      execution.rti_cold_start_steps=10
   robopolicy rti-tune RUN candidates=[1,2,3,5]
   torchrun --nproc_per_node 2 -m robopolicy train configs/train/lift_diffusion.yaml
   robopolicy export runs/lift_diffusion_mlp/<time> exports/lift
   robopolicy serve exports/lift port=8765 execution.mode=rti execution.sampler=ddpm \
-      execution.num_inference_steps=100 execution.rti_start_step=3
+      execution.num_inference_steps=100 execution.rti_start_step=2 \
+      execution.rti_cold_start_steps=10
   robopolicy bench sim
   robopolicy offline-data configs/offline/hopper_medium.yaml
   robopolicy synth train configs/synth/hopper_medium.yaml
