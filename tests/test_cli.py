@@ -50,3 +50,17 @@ def test_console_script_runs_eval(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "success 100%" in out.stdout and (tmp_path / "eval.json").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_resume_help_lists_what_a_resume_may_change(command, capsys) -> None:
+    from robopolicy.cli import RESUME_HELP
+    from robopolicy.rl.config import RESUMABLE as FINETUNE
+    from robopolicy.training.config import RESUMABLE as TRAIN
+
+    resumable = {"train": TRAIN, "finetune": FINETUNE}[command]
+    assert [key.removesuffix(".*") for key in RESUME_HELP[command]] == list(resumable)
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"may change only {', '.join(RESUME_HELP[command])};" in out and "run_dir=NEW" in out

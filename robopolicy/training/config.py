@@ -9,6 +9,11 @@ from omegaconf import MISSING
 
 from robopolicy.policies.config import PolicyConfig
 
+# What a resume may change (``robopolicy train CONFIG resume=RUN key=value``): the length of
+# training (it also stretches the cosine schedule from there on) and the loop's cadence (logs,
+# evals and checkpoints never touch the training's arithmetic). The rest comes from the run.
+RESUMABLE = ("optim.steps", "loop")
+
 
 @dataclass
 class TaskConfig:
