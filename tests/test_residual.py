@@ -196,6 +196,10 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     older = run_dir / "checkpoints" / "0000020"
     with pytest.raises(FileExistsError, match="0000040.*run_dir="):
         finetune(_resumed([f"resume={older}"]))
+    # a resume keeps the run's settings: only the budget and the cadences may change
+    with pytest.raises(ConfigError, match="agent.batch_size cannot change on a resume"):
+        _resumed([f"resume={older}", "agent.batch_size=16"])
+    assert _resumed([f"resume={older}", "env_steps=80", "agent.batch_size=8"]).env_steps == 80
     # a branch from it continues the counters and reaches the same end
     branch = tmp_path / "branch"
     resumed = finetune(_resumed([f"resume={older}", f"run_dir={branch}"]))
