@@ -34,10 +34,13 @@ def resumed_config(
     """The config ``checkpoint`` was saved with (its ``section``, or the whole file less the
     ``derived`` sections a run computes itself), with the ``resumable`` keys (dotted; a group
     name covers the group) and ``run_dir`` taken from ``cfg``, and ``resume`` naming the
-    checkpoint: the parent a branch records."""
+    checkpoint: the parent a branch records. What ``train_bc`` and ``finetune`` run: their
+    callers hand a whole config, whose resumable settings are what they ask for (the command
+    line builds one with ``load_run_config``, which keeps the saved values unless overridden)."""
     merged = _saved(checkpoint, schema, section, derived)
+    given = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)  # or a dataclass
     for key in resumable:
-        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+        OmegaConf.update(merged, key, OmegaConf.select(given, key), merge=False)
     merged.run_dir = cfg.run_dir
     merged.resume = str(checkpoint)
     return merged  # type: ignore[return-value]

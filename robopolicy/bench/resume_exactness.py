@@ -161,7 +161,8 @@ def _kill_and_resume(
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), *sys.path])}
+    paths = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # this robopolicy, not another
     with log.open("w") as out:  # the child keeps its own handle
         return subprocess.Popen(
             [sys.executable, "-m", "robopolicy", *args],
@@ -179,7 +180,10 @@ def _kill_after_first_checkpoint(
     first = run_dir / "checkpoints" / f"{save_every:07d}"
     while not first.is_dir():
         if proc.poll() is not None:
-            raise RuntimeError(f"the run to kill exited ({proc.returncode}) before {first}")
+            raise RuntimeError(
+                f"the run to kill exited ({proc.returncode}) before {first}: see "
+                f"{run_dir.parent / 'killed.log'}"
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(f"no checkpoint {first} within {timeout_s} s")
         time.sleep(0.005)
