@@ -200,6 +200,8 @@ def test_outputs_of_a_checkpoint_outside_a_run_need_a_folder(tiny_run, tmp_path,
     assert "not inside a run's checkpoints/ folder: set run_dir=" in capsys.readouterr().err
     assert main(["eval", str(copy), "n_episodes=1", "video_episodes=0"]) == 2
     assert "set out_dir=" in capsys.readouterr().err
+    assert main(["rti-tune", str(copy), "candidates=[1]"]) == 2
+    assert "set out=" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["exports"]
     assert [p.name for p in (tmp_path / "exports").iterdir()] == ["lift"]
     branch = tmp_path / "branch"
