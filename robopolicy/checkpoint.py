@@ -109,7 +109,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint dir, a ``checkpoints/`` dir, a run dir, or ``runs/<name>`` (its newest
     run); return the checkpoint dir."""
     path = Path(path)
-    for candidate in (path, path / "last", path / "checkpoints" / "last"):
+    if (path / "model.safetensors").is_file():
+        return path.resolve()
+    # A run's newest numbered checkpoint, not ``last``: a kill between a checkpoint's rename
+    # into place and the update of ``last`` leaves ``last`` one behind (or missing).
+    for run in (path, path.parent if path.name == "checkpoints" else None):
+        newest = [p for p in saved_steps(run) if (p / "model.safetensors").is_file()] if run else []
+        if newest:
+            return newest[-1].resolve()
+    for candidate in (path / "last", path / "checkpoints" / "last"):
         if (candidate / "model.safetensors").is_file():
             return candidate.resolve()
     runs = sorted(p.parents[2] for p in path.glob("*/checkpoints/last/model.safetensors"))
@@ -123,6 +131,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def checkpoint_run(checkpoint: Path) -> Path | None:
+    """The run that ``checkpoint`` (a resolved checkpoint dir) belongs to, ``<run>`` of
+    ``<run>/checkpoints/<step>``; None for a checkpoint kept anywhere else (an export, a copy),
+    whose parent folders are nobody's run and must not receive a run's outputs."""
+    if checkpoint.name.isdigit() and checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent
+    return None
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     config_file = path / "config.yaml"
@@ -131,14 +148,16 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)  # type: ignore[return-value]
 
 
-def saved_config(checkpoint: Path, section: str, schema: type):
+def saved_config(checkpoint: Path, section: str, schema: type, run_dir: str | None = None):
     """The config a run saved in ``section``, as ``schema``, with ``resume`` pointing at the
-    checkpoint: a resumed run continues exactly as it was set up."""
+    checkpoint: a resumed run continues exactly as it was set up. ``run_dir``: None goes on in
+    the checkpoint's own run, a folder branches off there (``runlog.plan_run_dir``)."""
     saved = read_config(checkpoint).get(section)
     if saved is None:
         raise ConfigError(f"{checkpoint} is not a {section} checkpoint (no '{section}' section)")
     merged = merge_saved_config(checkpoint, schema, saved)
     merged.resume = str(checkpoint)
+    merged.run_dir = run_dir
     return merged
 
 

@@ -45,6 +45,35 @@ EPILOG = """examples:
 Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown keys are errors."""
 
 
+# What a resume (resume=RUN or resume=RUN/checkpoints/STEP) may change; the rest comes from the
+# run's saved config (tests/test_cli.py checks these lists against the RESUMABLE tuples).
+RESUME_HELP = {
+    "train": ("optim.steps", "loop.*"),
+    "finetune": (
+        "env_steps",
+        "eval_every",
+        "eval_episodes",
+        "final_eval_episodes",
+        "video_episodes",
+        "save_every",
+        "log_every",
+        "device",
+    ),
+}
+
+
+def _resume_epilog(command: str) -> str:
+    return (
+        "resume=RUN (its newest checkpoint) or resume=RUN/checkpoints/STEP goes on exactly as "
+        "the run began: every setting comes from the config saved with the checkpoint (CONFIG's "
+        "own settings give way), and the overrides may change only "
+        f"{', '.join(RESUME_HELP[command])}; others are refused unless they repeat the saved "
+        "value. It writes into the checkpoint's run, which must not hold newer checkpoints; "
+        "run_dir=NEW branches off into a new folder (its config records the parent checkpoint "
+        "as resume), as it must for a checkpoint outside a run's checkpoints/ folder."
+    )
+
+
 def _cmd_collect(args: argparse.Namespace) -> None:
     from robopolicy.config import load_config
     from robopolicy.sim.collect import CollectConfig, collect
@@ -59,22 +88,24 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from robopolicy.config import load_config
+    from robopolicy.resume import load_run_config
     from robopolicy.training.bc import train_bc
-    from robopolicy.training.config import TrainConfig
+    from robopolicy.training.config import RESUMABLE, TrainConfig
 
-    result = train_bc(load_config(args.config, TrainConfig, args.overrides))
+    cfg = load_run_config(args.config, TrainConfig, args.overrides, RESUMABLE, derived=["shapes"])
+    result = train_bc(cfg)
     if "checkpoint" in result:
         print(f"trained {result['steps']} steps -> {result['checkpoint']}")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
-    from robopolicy.config import load_config
-    from robopolicy.rl.config import FinetuneConfig
+    from robopolicy.resume import load_run_config
+    from robopolicy.rl.config import RESUMABLE, FinetuneConfig
     from robopolicy.rl.finetune import finetune
     from robopolicy.sim.evaluate import summary_line
 
-    result = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    cfg = load_run_config(args.config, FinetuneConfig, args.overrides, RESUMABLE, "finetune")
+    result = finetune(cfg)
     print(f"{summary_line(result['final'])}; {_finetune_time(result)} -> {result['checkpoint']}")
 
 
@@ -143,16 +174,9 @@ def _cmd_offline(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from pathlib import Path
+    from robopolicy.sim.evaluate import load_eval_config, run_eval_config, summary_line
 
-    from robopolicy.config import load_config
-    from robopolicy.sim.evaluate import EvalConfig, run_eval_config, summary_line
-
-    if Path(args.config).is_dir():  # a checkpoint, a checkpoints/ folder or a run folder
-        cfg = load_config(None, EvalConfig, [f"checkpoint={args.config}", *args.overrides])
-    else:
-        cfg = load_config(args.config, EvalConfig, args.overrides)
-    summary = run_eval_config(cfg)
+    summary = run_eval_config(load_eval_config(args.config, args.overrides))
     print(summary_line(summary) + f" -> {summary['out_dir']}/eval.json")
 
 
@@ -253,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
             "checkpoint",
         ),
     ):
-        p = sub.add_parser(name, help=helptext, description=helptext)
+        epilog = _resume_epilog(name) if name in RESUME_HELP else None
+        p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=func)

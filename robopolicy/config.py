@@ -60,14 +60,14 @@ def load_config(path: str | Path | None, schema: type[T], overrides: list[str] |
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {_describe(err)}") from err
     for override in overrides or []:
-        _apply_override(merged, override)
+        apply_override(merged, override)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"{path}: required keys not set: {missing}")
     return merged  # type: ignore[return-value]
 
 
-def _apply_override(cfg: Any, override: str) -> None:
+def apply_override(cfg: Any, override: str) -> None:
     """Set one ``key=value`` in place.
 
     Applied key by key (not merged as a dict) so that list items can be addressed by index,

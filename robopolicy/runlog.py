@@ -9,19 +9,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robopolicy.checkpoint import saved_steps
+from robopolicy.checkpoint import checkpoint_run, saved_steps
+from robopolicy.config import ConfigError
+from robopolicy.files import atomic_write_text
 
 
 class RunLogger:
     """``metrics.jsonl`` (one JSON object per line) and TensorBoard, on rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resumed_at: int | None = None) -> None:
+        """``resumed_at``: the step of the checkpoint a run goes on from in its own folder;
+        rows logged after it (by a process killed before its next checkpoint) are dropped, as
+        the resumed run logs those steps again."""
         self.enabled = enabled
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
         path = run_dir / "metrics.jsonl"
+        if resumed_at is not None and path.is_file():
+            _drop_rows_after(path, resumed_at)
         cut_short = _ends_mid_line(path)
         self.jsonl = path.open("a")
         if cut_short:  # a kill mid-write: the rows appended now start on a line of their own
@@ -44,6 +51,19 @@ class RunLogger:
             self.tb.close()
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a row cut short by a kill goes too)."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
 def _ends_mid_line(path: Path) -> bool:
     if not path.is_file() or path.stat().st_size == 0:
         return False
@@ -63,17 +83,60 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Path:
-    """``run_dir``, or ``runs/<name>/<timestamp>``; a resumed run keeps its checkpoint's run."""
+def plan_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Path:
+    """Where a run writes, chosen and checked before anything is created (a run that fails
+    to start leaves no folder behind: the caller creates it once the run is set up).
+
+    - A fresh run: ``run_dir``, or ``runs/<name>/<timestamp>``; refused where checkpoints of
+      another run already are.
+    - A resume with ``run_dir`` unset (or naming the checkpoint's run): the checkpoint's run,
+      which must be the run's newest checkpoint: going on from an older one would overwrite
+      the newer ones step by step and mix two lineages in ``metrics.jsonl``.
+    - A resume with another ``run_dir``: a branch, a new run that starts from the checkpoint
+      (its config records that parent as ``resume``); the only way to go on from a checkpoint
+      outside a run's ``checkpoints/`` folder, whose parent folders are nobody's run.
+    """
     if resume_from is not None:
-        return resume_from.parent.parent
+        home = checkpoint_run(resume_from)
+        in_place = run_dir is None or (
+            home is not None and Path(run_dir).resolve() == home.resolve()
+        )
+        if in_place:
+            if home is None:
+                raise ConfigError(
+                    f"{resume_from} is not inside a run's checkpoints/ folder: set "
+                    "run_dir=<new folder> for the resumed run"
+                )
+            newer = [p.name for p in saved_steps(home) if int(p.name) > int(resume_from.name)]
+            if newer:
+                raise FileExistsError(
+                    f"resuming {resume_from} in its run {home} would overwrite its newer "
+                    f"checkpoints {newer}: resume from the newest "
+                    f"({home / 'checkpoints' / newer[-1]}), or branch off into a new folder with "
+                    "run_dir=<new folder>"
+                )
+            return home
     path = Path(run_dir or Path("runs") / name / time.strftime("%Y%m%d-%H%M%S"))
     earlier = saved_steps(path)
     if earlier:
-        # A fresh run would overwrite them step by step: refuse rather than lose that run.
+        # A new run would overwrite them step by step: refuse rather than lose that run.
         raise FileExistsError(
             f"run_dir {path} already holds checkpoints of another run (newest: "
             f"{earlier[-1].name}); continue it with resume={path}, or choose a new run_dir"
         )
+    return path
+
+
+def resumed_in_place(run_dir: Path, resume_from: Path | None) -> int | None:
+    """The step of the checkpoint a run goes on from in its own folder; None for a new run or
+    a branch (``RunLogger``'s ``resumed_at``)."""
+    if resume_from is None or checkpoint_run(resume_from) != run_dir:
+        return None
+    return int(resume_from.name)
+
+
+def make_run_dir(run_dir: str | None, name: str, resume_from: Path | None) -> Path:
+    """``plan_run_dir``, created at once (for loops with nothing to set up first)."""
+    path = plan_run_dir(run_dir, name, resume_from)
     path.mkdir(parents=True, exist_ok=True)
     return path

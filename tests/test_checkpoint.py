@@ -11,7 +11,13 @@ from bc_fixtures import SHAPES, tiny_obs, tiny_policy
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from robopolicy.checkpoint import CheckpointError, load_policy, save_checkpoint
+from robopolicy.checkpoint import (
+    CheckpointError,
+    checkpoint_run,
+    load_policy,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 
 def _save(policy, path):
@@ -102,3 +108,17 @@ def test_checkpoints_saved_before_the_record_still_load(tmp_path) -> None:
     torch.testing.assert_close(
         load_policy(path).predict_chunk(obs, noise), policy.predict_chunk(obs, noise)
     )
+
+
+def test_a_run_resolves_to_its_newest_checkpoint_when_last_lags(tmp_path) -> None:
+    """A kill between a checkpoint's rename into place and the update of ``last`` leaves
+    ``last`` one behind: the run's newest numbered checkpoint is the one to go on from."""
+    policy = tiny_policy()
+    _save(policy, tmp_path / "checkpoints" / "0000003")
+    newest = _save(policy, tmp_path / "checkpoints" / "0000006")
+    (tmp_path / "checkpoints" / "last").unlink()
+    (tmp_path / "checkpoints" / "last").symlink_to("0000003")
+    assert resolve_checkpoint(tmp_path) == newest.resolve()
+    assert resolve_checkpoint(tmp_path / "checkpoints") == newest.resolve()
+    assert checkpoint_run(newest.resolve()) == tmp_path.resolve()
+    assert checkpoint_run(tmp_path.resolve()) is None

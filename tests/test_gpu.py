@@ -12,8 +12,9 @@ from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.config import load_config
 from robopolicy.deploy.client import PolicyClient
 from robopolicy.deploy.server import PolicyServer, ServeConfig
+from robopolicy.resume import load_run_config
 from robopolicy.rl.actors import load_rl_agent
-from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.config import RESUMABLE, FinetuneConfig
 from robopolicy.rl.finetune import finetune
 from robopolicy.sim.evaluate import evaluate
 from robopolicy.sim.vector import make_env
@@ -105,9 +106,11 @@ def test_cuda_finetune_learns_on_the_gpu_and_its_checkpoint_runs_on_cpu(
     result = finetune(cfg)
     assert result["env_steps"] >= 64 and len(result["history"]) >= 2
     checkpoint = result["checkpoint"]
-    # resumes on the GPU from its first checkpoint (optimiser state moves to the device)
+    # resumes on the GPU from its first checkpoint (optimiser state, replayed episodes and the
+    # base's planned actions move to the device), branching off: the run holds newer ones
     first = sorted((tmp_path / method / "checkpoints").glob("00*"))[0]
-    resumed = finetune(load_config(None, FinetuneConfig, [f"resume={first}"]))
+    overrides = [f"resume={first}", f"run_dir={tmp_path / 'branch'}"]
+    resumed = finetune(load_run_config(None, FinetuneConfig, overrides, RESUMABLE, "finetune"))
     assert resumed["env_steps"] == result["env_steps"]
     # and the saved actor runs on a machine without one
     agent = load_rl_agent(checkpoint, read_config(checkpoint))

@@ -554,7 +554,11 @@ def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:
     )
     train_trajectory_model(load_config(None, SynthConfig, _synth_overrides(medium, tmp_path / "b")))
     resumed = train_trajectory_model(
-        load_config(None, SynthConfig, [f"resume={tmp_path / 'b' / 'checkpoints' / '0000002'}"])
+        load_config(
+            None,
+            SynthConfig,
+            [f"resume={tmp_path / 'b' / 'checkpoints' / '0000002'}", f"run_dir={tmp_path / 'b2'}"],
+        )
     )
     a = load_file(Path(straight["checkpoint"]) / "model.safetensors")
     b = load_file(Path(resumed["checkpoint"]) / "model.safetensors")
@@ -579,7 +583,11 @@ def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:
     first = offline(tmp_path / "c")
     offline(tmp_path / "d")
     again = train_offline(
-        load_config(None, OfflineConfig, [f"resume={tmp_path / 'd' / 'checkpoints' / '0000010'}"])
+        load_config(
+            None,
+            OfflineConfig,
+            [f"resume={tmp_path / 'd' / 'checkpoints' / '0000010'}", f"run_dir={tmp_path / 'd2'}"],
+        )
     )
     a = load_file(Path(first["checkpoint"]) / "model.safetensors")
     b = load_file(Path(again["checkpoint"]) / "model.safetensors")

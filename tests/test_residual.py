@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from robopolicy.bench.resume_exactness import rl_resume_exactness
 from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.cli import main
 from robopolicy.config import ConfigError, load_config
@@ -17,8 +18,9 @@ from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.inference.chunking import ChunkExecutor
 from robopolicy.inference.execution import ExecutionConfig
 from robopolicy.inference.guard import ObsGuardConfig
+from robopolicy.resume import load_run_config
 from robopolicy.rl.actors import load_rl_agent
-from robopolicy.rl.config import FinetuneConfig
+from robopolicy.rl.config import RESUMABLE, FinetuneConfig
 from robopolicy.rl.finetune import RLDivergedError, finetune
 from robopolicy.rl.networks import DeterministicActor
 from robopolicy.rl.residual import ResidualBase, demo_buffer
@@ -189,24 +191,39 @@ def test_finetune_runs_checkpoints_evaluates_and_resumes(tiny_run, tmp_path, cap
     assert "residual(td3)" in capsys.readouterr().out
     _served_residual_acts_like_the_local_one(str(checkpoint))
     _served_residual_never_sends_non_finite_actions(str(checkpoint))
-    # resume from the step-20 checkpoint: continues the counters and reaches the same end
-    resumed = finetune(
-        load_config(None, FinetuneConfig, [f"resume={run_dir / 'checkpoints' / '0000020'}"])
-    )
+    # the eval wrote next to the run's own final eval, not over it
+    assert (run_dir / "eval-0000040" / "eval.json").is_file()
+    assert (run_dir / "eval-0000040-residual-td3" / "eval.json").is_file()
+    # going on from the step-20 checkpoint in the run would overwrite step 40: refused
+    older = run_dir / "checkpoints" / "0000020"
+    with pytest.raises(FileExistsError, match="0000040.*run_dir="):
+        finetune(_resumed([f"resume={older}"]))
+    # a resume keeps the run's settings: only the budget and the cadences may change
+    with pytest.raises(ConfigError, match="agent.batch_size cannot change on a resume"):
+        _resumed([f"resume={older}", "agent.batch_size=16"])
+    assert _resumed([f"resume={older}", "env_steps=80", "agent.batch_size=8"]).env_steps == 80
+    # a branch from it continues the counters and reaches the same end
+    branch = tmp_path / "branch"
+    resumed = finetune(_resumed([f"resume={older}", f"run_dir={branch}"]))
     assert resumed["env_steps"] == 40
     assert resumed["start_env_steps"] == 20 and result["start_env_steps"] == 0
     # the whole run's evals and clock, not only the resumed part's
     assert [r["env_steps"] for r in resumed["history"]] == [0, 20, 40]
     assert resumed["history"][0] == result["history"][0]
     assert resumed["minutes"] > resumed["session_minutes"] > 0
-    _resuming_a_finished_run_reads_it_back(run_dir, resumed)
+    _resuming_a_finished_run_reads_it_back(branch, resumed)
     _resume_keeps_the_device_unless_told(checkpoint)
+
+
+def _resumed(overrides: list[str]) -> FinetuneConfig:
+    """A resume's config as ``robopolicy finetune`` builds it: the run's, with the overrides."""
+    return load_run_config(None, FinetuneConfig, overrides, RESUMABLE, "finetune")
 
 
 def _resuming_a_finished_run_reads_it_back(run_dir, finished) -> None:
     """Resuming a run that ran its budget does no work: it returns the recorded result."""
     log = (run_dir / "metrics.jsonl").read_text()
-    again = finetune(load_config(None, FinetuneConfig, [f"resume={run_dir}"]))
+    again = finetune(_resumed([f"resume={run_dir}"]))
     assert (run_dir / "metrics.jsonl").read_text() == log  # nothing evaluated or trained
     assert again["final"]["success_rate"] == finished["final"]["success_rate"]
     assert again["history"] == finished["history"]
@@ -225,12 +242,16 @@ def test_a_run_resumed_from_a_checkpoint_without_a_clock_has_no_total(
     del state["counters"]["seconds"]
     state_file.write_text(json.dumps(state))
     checkpoint = tmp_path / "rl" / "checkpoints" / "0000020"
-    assert main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={checkpoint}"]) == 0
+    branch = f"run_dir={tmp_path / 'branch'}"
+    assert (
+        main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={checkpoint}", branch])
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()[-1]
     assert "40 env steps (20 since the resume, " in out and " in " not in out.split(";")[-1]
-    assert (
-        main(["finetune", str(tmp_path / "rl" / "config.yaml"), f"resume={tmp_path / 'rl'}"]) == 0
-    )
+    # the branch, read back once it ran its budget, still has no total
+    config = str(tmp_path / "rl" / "config.yaml")
+    assert main(["finetune", config, f"resume={tmp_path / 'branch'}"]) == 0
     assert "40 env steps (the run had already ended)" in capsys.readouterr().out
 
 
@@ -631,3 +652,20 @@ def test_resumed_bench_keeps_or_finishes_the_base_it_trained(tiny_run, tmp_path)
     saved["optim"]["steps"] = 20
     train_config.write_text(yaml.safe_dump(saved))
     assert read_meta(rl._train_base(task, out))["step"] == 20
+
+
+def test_rl_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path) -> None:
+    """Killed mid-episode (20 of Lift's 100 steps per sub-env): the resumed run replays the
+    running episodes and ends with the uninterrupted run's every tensor, replay included."""
+    result = rl_resume_exactness(tmp_path)
+    assert result["max_abs_diff"] == 0.0 and result["tensors"] > 50
+    assert 40 <= result["killed_at"] < 160 and result["duplicate_log_rows"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["residual", "dsrl_sac"])
+def test_rl_with_a_base_killed_and_resumed_is_exact(tiny_run, tmp_path, method) -> None:
+    """The bases' per-episode state comes back too: residual's planned actions, DSRL's
+    observation histories."""
+    result = rl_resume_exactness(tmp_path, method=method, base=str(tiny_run))
+    assert result["max_abs_diff"] == 0.0

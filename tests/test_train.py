@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from bc_fixtures import REPO, TINY_TRAIN_OVERRIDES
 from bc_fixtures import tiny_train_config as _config
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from robopolicy.checkpoint import load_policy
+from robopolicy.bench.resume_exactness import bc_resume_exactness
+from robopolicy.checkpoint import load_policy, resolve_checkpoint, saved_steps
 from robopolicy.cli import main
 from robopolicy.config import ConfigError
 from robopolicy.data.hdf5 import DatasetError, load_episodes, read_env_args, write_dataset
+from robopolicy.runlog import RunLogger
 from robopolicy.training.bc import TrainingDivergedError, train_bc
 
+CONFIG = str(REPO / "configs/train/lift_diffusion.yaml")
 
-def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path) -> None:
+
+def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path, capsys) -> None:
     cfg = _config(
         lift_demos,
         tmp_path,
@@ -43,18 +50,29 @@ def test_training_writes_checkpoints_logs_and_eval(lift_demos, tmp_path) -> None
     assert any((tmp_path / "tensorboard").iterdir())
     policy = load_policy(tmp_path)
     assert policy.cfg.pred_horizon == 8 and policy.shapes.action_dim == 4
-    # The CLI evaluates a run directory (its last checkpoint) on the task it was trained on.
+    # The CLI evaluates a run directory (its last checkpoint) on the task it was trained on,
+    # into a folder named by the checkpoint's step and how the policy ran, and says where.
     assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0"]) == 0
-    saved = json.loads((tmp_path / "eval-0000020" / "eval.json").read_text())
+    chunked = tmp_path / "eval-0000020-diffusion-unet-ddim-4-chunked-4" / "eval.json"
+    assert f"-> {chunked}" in capsys.readouterr().out
+    saved = json.loads(chunked.read_text())
     assert saved["env_id"] == "robopolicy/Lift-v0"
     assert saved["agent"] == "diffusion-unet ddim-4 chunked(4)"
-    # ... and runs it with RTI: the trained DDPM chain, re-planned every step from K' = 2.
+    # ... and runs it with RTI: the trained DDPM chain, re-planned every step from K' = 2,
+    # whose results go next to the chunked eval's instead of replacing them.
     rti = ["execution.mode=rti", "execution.sampler=ddpm", "execution.num_inference_steps=20"]
-    rti_dir = tmp_path / "eval-rti"
-    overrides = [*rti, "execution.rti_start_step=2", f"out_dir={rti_dir}"]
+    overrides = [*rti, "execution.rti_start_step=2"]
     assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0", *overrides]) == 0
+    rti_dir = tmp_path / "eval-0000020-diffusion-unet-ddpm-20-rti-k-2"
     saved = json.loads((rti_dir / "eval.json").read_text())
     assert saved["agent"] == "diffusion-unet ddpm-20 rti(K'=2)"
+    assert json.loads(chunked.read_text())["agent"] == "diffusion-unet ddim-4 chunked(4)"
+    # Other settings into a folder that holds results are refused; the same ones write again.
+    before = chunked.read_text()
+    assert main(["eval", str(tmp_path), "n_episodes=1", "video_episodes=0"]) == 2
+    assert "settings that differ: n_episodes" in capsys.readouterr().err
+    assert chunked.read_text() == before
+    assert main(["eval", str(tmp_path), "n_episodes=2", "video_episodes=0"]) == 0
 
 
 def test_resume_is_exact(lift_demos, tmp_path, monkeypatch) -> None:
@@ -80,12 +98,125 @@ def test_resume_is_exact(lift_demos, tmp_path, monkeypatch) -> None:
     with pytest.raises(FileExistsError, match="0000008.*resume="):
         train_bc(_config(lift_demos, part, "optim.steps=16", "loop.save_every=8"))
     train_bc(_config(lift_demos, part, "optim.steps=16", "loop.save_every=8", f"resume={part}"))
+    _assert_same_tensors(full / "checkpoints/0000016", part / "checkpoints/0000016")
+
+    # Going on from the older checkpoint in place would overwrite 0000016: refused, naming
+    # run_dir= for a branch; nothing in the run changes.
+    older = part / "checkpoints" / "0000008"
+    log = (part / "metrics.jsonl").read_text()
+    with pytest.raises(
+        FileExistsError, match=r"overwrite its newer checkpoints \['0000016'\].*run_dir="
+    ):
+        train_bc(_config(lift_demos, part, "optim.steps=16", f"resume={older}"))
+    assert main(["train", CONFIG, f"resume={older}", "optim.steps=24"]) == 2
+    assert (part / "metrics.jsonl").read_text() == log
+    assert sorted(p.name for p in (part / "checkpoints").iterdir()) == [
+        "0000008",
+        "0000016",
+        "last",
+    ]
+    # A branch is a new run from that checkpoint, which its config records as its parent.
+    branch = tmp_path / "branch"
+    assert main(["train", CONFIG, f"resume={older}", f"run_dir={branch}"]) == 0
+    assert OmegaConf.load(branch / "config.yaml").resume == str(older.resolve())
+    assert [p.name for p in saved_steps(branch)] == ["0000016"]
+    _assert_same_tensors(full / "checkpoints/0000016", branch / "checkpoints/0000016")
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
     for name in ("training_state/model.safetensors", "model.safetensors"):
-        a = load_file(full / "checkpoints/0000016" / name)
-        b = load_file(part / "checkpoints/0000016" / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}:{key}")
+        x, y = load_file(a / name), load_file(b / name)
+        assert x.keys() == y.keys()
+        for key in x:
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=f"{name}:{key}")
+
+
+def test_resume_takes_the_runs_settings_and_refuses_to_change_them(
+    lift_demos, tmp_path, monkeypatch, capsys
+) -> None:
+    """``resume=<run dir>`` alone, as the README shows it, goes on with every setting of the
+    run (its thread count and length included), not the config file's; an override outside
+    the resumable list is refused by name, unless it repeats the saved value."""
+    import robopolicy.training.bc as bc
+
+    save = bc.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bc, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_bc(_config(lift_demos, tmp_path, "optim.steps=12", "loop.save_every=6"))
+    monkeypatch.setattr(bc, "save_checkpoint", save)
+
+    assert main(["train", CONFIG, f"resume={tmp_path}", "optim.lr=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr cannot change on a resume" in err and "optim.steps, loop" in err
+    assert [p.name for p in saved_steps(tmp_path)] == ["0000006"]
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    # optim.num_threads repeats the saved value: allowed; loop.* may change
+    resume = [f"resume={tmp_path}", "optim.num_threads=1", "loop.log_every=3"]
+    assert main(["train", CONFIG, *resume]) == 0
+    assert threads == [1]  # the run's, where the config file says 0 (torch's default)
+    assert [p.name for p in saved_steps(tmp_path)] == ["0000006", "0000012"]  # not the file's
+    saved = OmegaConf.load(tmp_path / "checkpoints" / "0000012" / "config.yaml")
+    assert saved.optim.steps == 12 and saved.loop.log_every == 3 and saved.optim.num_threads == 1
+
+
+def test_metrics_rows_after_the_resumed_checkpoint_are_dropped(tmp_path) -> None:
+    """A process killed after its checkpoint at step 8 had logged step 12 (the last row cut
+    short); the run resumed from step 8 logs 12 again, once."""
+    rows = [json.dumps({"step": s, "train/loss": 1.0}) for s in (4, 8, 12)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 16, "tr')
+    RunLogger(tmp_path, enabled=True, resumed_at=8).close()
+    kept = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert kept == [4, 8]
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(lift_demos, tmp_path, capsys) -> None:
+    missing, bad_batch = tmp_path / "missing", tmp_path / "bad_batch"
+    assert (
+        main(["train", CONFIG, f"task.dataset={tmp_path / 'nope.hdf5'}", f"run_dir={missing}"]) == 2
+    )
+    overrides = [f"task.dataset={lift_demos}", f"run_dir={bad_batch}", "optim.batch_size=0"]
+    assert main(["train", CONFIG, *overrides]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
+    assert not missing.exists() and not bad_batch.exists()
+    # a checkpoint that is not there is named as such, not as a missing config file
+    assert main(["eval", str(tmp_path / "no_run")]) == 2
+    assert f"no checkpoint or config at {tmp_path / 'no_run'}" in capsys.readouterr().err
+
+
+def test_outputs_of_a_checkpoint_outside_a_run_need_a_folder(tiny_run, tmp_path, capsys) -> None:
+    """A checkpoint copied out of its run (an export, a backup) has no run to write next to:
+    resuming or evaluating it asks for run_dir= / out_dir= and writes nothing above it."""
+    copy = tmp_path / "exports" / "lift"
+    shutil.copytree(resolve_checkpoint(tiny_run), copy)
+    assert main(["train", CONFIG, f"resume={copy}", "optim.steps=12"]) == 2
+    assert "not inside a run's checkpoints/ folder: set run_dir=" in capsys.readouterr().err
+    assert main(["eval", str(copy), "n_episodes=1", "video_episodes=0"]) == 2
+    assert "set out_dir=" in capsys.readouterr().err
+    assert main(["rti-tune", str(copy), "candidates=[1]"]) == 2
+    assert "set out=" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["exports"]
+    assert [p.name for p in (tmp_path / "exports").iterdir()] == ["lift"]
+    branch = tmp_path / "branch"
+    assert main(["train", CONFIG, f"resume={copy}", "optim.steps=12", f"run_dir={branch}"]) == 0
+    assert [p.name for p in saved_steps(branch)] == ["0000012"]
+    out = tmp_path / "eval"
+    assert main(["eval", str(copy), "n_episodes=1", "video_episodes=0", f"out_dir={out}"]) == 0
+    assert (out / "eval.json").is_file()
+
+
+def test_bc_run_killed_and_resumed_equals_the_uninterrupted_run(lift_demos, tmp_path) -> None:
+    result = bc_resume_exactness(tmp_path, lift_demos, steps=32)
+    assert result["max_abs_diff"] == 0.0 and result["tensors"] > 100
+    assert 8 <= result["killed_at"] < 32 and result["duplicate_log_rows"] == 0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(lift_demos, tmp_path, monkeypatch):

@@ -14,6 +14,22 @@ METHODS = ("residual", "dsrl_sac", "dsrl_na", "scratch")
 BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na")  # methods that wrap a frozen BC policy
 
 
+# What a resume may change (``robopolicy finetune CONFIG resume=RUN key=value``): the budget,
+# the cadence of evals, logs and checkpoints (evals draw from their own seeded streams), and the
+# device, which moves the run (bit-exact only on the device it ran on). The rest comes from
+# the run.
+RESUMABLE = (
+    "env_steps",
+    "eval_every",
+    "eval_episodes",
+    "final_eval_episodes",
+    "video_episodes",
+    "save_every",
+    "log_every",
+    "device",
+)
+
+
 @dataclass
 class FinetuneConfig:
     name: str = "finetune"

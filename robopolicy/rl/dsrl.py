@@ -165,6 +165,9 @@ class NoiseMDP(MDP):
         self.base.push(obs, rows)
         return self.base.features(rows).cpu()
 
+    def _replayed(self, obs, rows: np.ndarray) -> None:
+        self.base.push(obs, np.flatnonzero(rows))
+
     def step(self, action: Tensor) -> Step:
         n, horizon, dim = self.num_envs, self.base.action_horizon, self.base.policy.action_dim
         chunks = self.base.decode(self._state, action).cpu()  # denoised once per agent step
@@ -176,6 +179,7 @@ class NoiseMDP(MDP):
         for i, env in enumerate(self.envs.envs):
             for k in range(horizon):
                 a = chunks[i, k * dim : (k + 1) * dim].numpy()
+                self._record(i, a)
                 obs, r, term, trunc, info = env.step(a)
                 env_steps += 1
                 reward[i] += float(r)

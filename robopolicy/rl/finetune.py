@@ -5,11 +5,12 @@ transition, do ``updates_per_step`` gradient updates per agent step (an env step
 executed chunk; critic only for the first ``critic_warmup_updates``), and evaluate, log and
 checkpoint on env-step boundaries.
 
-Resuming restores the learner, its optimisers, the online replay, the counters (with the run's
-wall clock) and the RNG; episodes that were running at the checkpoint start afresh (their
-transitions so far are kept). The result, plot and summary cover the whole run: each checkpoint
-keeps the eval history that led to it. Resuming a run that already ran its budget returns its
-recorded result.
+Resuming goes on with the run's saved config (``RESUMABLE`` lists what a resume may change)
+and restores the learner, its optimisers, the online replay, the counters (with the run's wall
+clock), the RNG and the episodes that were running (replayed from their seeds and actions): a
+killed and resumed run ends with the same tensors as one never stopped. The result, plot and
+summary cover the whole run: each checkpoint keeps the eval history that led to it. Resuming a
+run that already ran its budget returns its recorded result.
 """
 
 from __future__ import annotations
@@ -33,20 +34,20 @@ from robopolicy.checkpoint import (
     resolve_checkpoint,
     restoring,
     save_checkpoint,
-    saved_config,
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.device import resolve_device
 from robopolicy.files import atomic_save_figure, atomic_write_text
+from robopolicy.resume import resumed_config
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
-from robopolicy.rl.config import FinetuneConfig, validate_finetune_config
+from robopolicy.rl.config import RESUMABLE, FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
 from robopolicy.rl.run_record import finished_result, saved_history
-from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
+from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
 from robopolicy.training import state as train_state
@@ -86,10 +87,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # cuda:N: its RNG state and streams are the current ones
+    run_dir = plan_run_dir(cfg.run_dir, cfg.name, resume_from)
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg, device)
-    run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
 
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
     asynchronous = not cfg.method.startswith("dsrl")
@@ -101,19 +101,27 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         mdp = _make_mdp(cfg, setup, envs)
         learner = _make_learner(cfg, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
+        running = None
         if resume_from is not None:
             with restoring(resume_from):
-                _restore(resume_from, learner, online, counters)
+                running = _restore(resume_from, learner, online, counters)
         _hand_gripper_to_critic(cfg, mdp, learner, counters)
         mdp.episodes = counters["episodes"]
         mdp.seeds = seed_stream((cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"])
     except BaseException:
         envs.close()
         raise
-    logger = RunLogger(run_dir, enabled=True)
+    # Everything above checked the settings, the base and the data: only now a folder.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
+    logger = RunLogger(run_dir, enabled=True, resumed_at=resumed_in_place(run_dir, resume_from))
     recent = deque(maxlen=20)  # (success, return) of the latest training episodes
     running_return = np.zeros(cfg.num_envs)
     running_success = np.zeros(cfg.num_envs, dtype=bool)
+    if running is not None:
+        recent.extend((bool(s), float(r)) for s, r in running["plain"]["recent"])
+        running_return[:] = running["plain"]["running_return"]
+        running_success[:] = running["plain"]["running_success"]
     last_checkpoint: Path | None = resume_from
     history = saved_history(resume_from) if resume_from is not None else []
     update_metrics: dict[str, float] = {}
@@ -127,8 +135,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         """A checkpoint of everything now, with the run's clock brought up to date."""
         if start_seconds is not None:
             counters["seconds"] = start_seconds + time.perf_counter() - start
+        episodes = {
+            "recent": list(recent),
+            "running_return": running_return.tolist(),
+            "running_success": running_success.tolist(),
+        }
         return _save(
-            run_dir, cfg, setup, learner, online, counters, history, metrics, _gripper_critic(mdp)
+            run_dir, cfg, setup, learner, online, counters, history, metrics, mdp, episodes
         )
 
     progress = tqdm(
@@ -156,7 +169,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     try:
         if counters["env_steps"] == 0 and cfg.eval_every:
             evaluate_now(cfg.eval_episodes)  # the starting point: the base policy (or random)
-        state = mdp.reset()
+        # a resumed run goes on with the episodes that were running (replayed), as if never
+        # stopped; checkpoints saved before runs kept them start new ones
+        state = mdp.restore(**running["mdp"]) if running else mdp.reset()
         while counters["env_steps"] < cfg.env_steps:
             # ---- act ----------------------------------------------------------------------
             if counters["env_steps"] < cfg.warmup_steps:
@@ -251,14 +266,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
-    """The run's saved config; only ``device`` may be set anew (a GPU run can go on on a CPU).
-    Runs saved before the option existed ran on the CPU, and resume there."""
-    saved = saved_config(checkpoint, "finetune", FinetuneConfig)
-    if cfg.device != "auto":
-        saved.device = cfg.device
-    elif "device" not in read_config(checkpoint)["finetune"]:
-        saved.device = "cpu"
-    return saved
+    """The run's saved config with ``cfg``'s ``RESUMABLE`` settings; ``device`` ``auto`` keeps
+    the saved device (a run saved before the option existed ran on the CPU, and resumes there),
+    another moves the run (a GPU run can go on on a CPU)."""
+    resumed = resumed_config(cfg, checkpoint, FinetuneConfig, RESUMABLE, section="finetune")
+    if cfg.device == "auto":
+        resumed.device = read_config(checkpoint)["finetune"].get("device", "cpu")
+    return resumed
 
 
 # ---- the method's pieces ---------------------------------------------------------------------
@@ -417,8 +431,11 @@ def _save(
     counters: dict,
     history: list[dict[str, Any]],
     metrics: dict,
-    gripper_critic: torch.nn.Module | None,
+    mdp: MDP,
+    episodes: dict[str, Any],
 ) -> Path:
+    gripper_critic = _gripper_critic(mdp)
+    mdp_tensors, mdp_plain = mdp.state_dict()
     config = {
         "finetune": to_dict(cfg),
         "rl": {
@@ -440,6 +457,9 @@ def _save(
         "counters": counters,
         "history": history,  # the evals that led here: a resumed run reports the whole run
         "rng": train_state.rng_state(),
+        "mdp_tensors": mdp_tensors,  # the running episodes, replayed on resume
+        "mdp": mdp_plain,
+        "episodes": episodes,  # the training episodes' statistics (logs)
     }
     weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
     if gripper_critic is not None:
@@ -454,15 +474,26 @@ def _save(
     )
 
 
-def _restore(checkpoint: Path, learner: Learner, online: ReplayBuffer, counters: dict) -> None:
+def _restore(
+    checkpoint: Path, learner: Learner, online: ReplayBuffer, counters: dict
+) -> dict[str, Any] | None:
+    """Load the training state; return the running episodes to go on with (``mdp``: the
+    arguments of ``MDP.restore``; ``plain``: their statistics), or None for a checkpoint
+    saved before runs kept them, whose episodes end here (every env starts a new one)."""
     state = load_training_state(checkpoint)
     learner.load_training_state(state)
     online.load_state_dict(state["replay"])
-    online.end_episodes()  # the saved episodes do not go on: every env is reset
     counters.update(state["counters"])
     if "seconds" not in state["counters"]:
         counters["seconds"] = None  # saved before runs kept their clock: the total is unknown
     train_state.load_rng_state(state["rng"])
+    if "mdp" not in state:
+        online.end_episodes()  # the saved episodes do not go on: every env is reset
+        return None
+    return {
+        "mdp": {"tensors": state["mdp_tensors"], "plain": state["mdp"]},
+        "plain": state["episodes"],
+    }
 
 
 def _plot(history: list[dict[str, Any]], run_dir: Path, title: str, has_success: bool) -> None:

@@ -11,12 +11,18 @@ observations and actions, built on a vector env.
 actor's) and the state to act from next: for sub-envs whose episode ended, ``next_state`` is
 the final state (a truncated episode bootstraps from it) and ``start_state`` the new
 episode's first state.
+
+For an exact resume an MDP records, per sub-env, the seed of its running episode and the env
+actions taken since; ``restore`` replays them (the envs are deterministic given both) instead of
+saving simulator internals, and puts back what replay cannot recompute without drawing random
+numbers (the state to act from; the residual base's planned actions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -51,6 +57,9 @@ class MDP:
         self.num_envs = envs.num_envs
         self.seeds = seeds
         self.episodes = 0
+        # each sub-env's running episode: its reset seed and the env actions taken since
+        self.episode_seeds: list[int] = [0] * self.num_envs
+        self.episode_actions: list[list[np.ndarray]] = [[] for _ in range(self.num_envs)]
 
     def critic_action(self, state: Tensor, action: Tensor) -> Tensor:
         return action
@@ -64,7 +73,9 @@ class MDP:
         return None
 
     def reset(self) -> Tensor:
-        obs, _ = self.envs.reset(seed=[next(self.seeds) for _ in range(self.num_envs)])
+        self.episode_seeds = [next(self.seeds) for _ in range(self.num_envs)]
+        self.episode_actions = [[] for _ in range(self.num_envs)]
+        obs, _ = self.envs.reset(seed=list(self.episode_seeds))
         self.episodes += self.num_envs
         self._start_episodes(np.ones(self.num_envs, dtype=bool))
         self._state = self._observe(obs, range(self.num_envs))  # where step() acts from
@@ -75,6 +86,8 @@ class MDP:
         if not ended.any():
             return next_state
         seeds = [next(self.seeds) if e else None for e in ended]
+        for i in np.flatnonzero(ended):
+            self.episode_seeds[i], self.episode_actions[i] = seeds[i], []
         self.episodes += int(ended.sum())
         obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": ended.copy()})
         self._start_episodes(ended)
@@ -82,6 +95,57 @@ class MDP:
         rows = np.flatnonzero(ended)
         start[torch.as_tensor(rows)] = self._observe(obs, rows)
         return start
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(tensors, plain values): what ``restore`` needs to go on with the running episodes."""
+        tensors = {"start_state": self._state.clone()}
+        width = int(np.prod(self.envs.single_action_space.shape))
+        for i, actions in enumerate(self.episode_actions):
+            taken = np.asarray(actions, dtype=np.float32).reshape(len(actions), width)
+            tensors[f"actions.{i}"] = torch.from_numpy(taken)
+        return tensors, {"episode_seeds": list(self.episode_seeds)}
+
+    def restore(self, tensors: dict[str, Tensor], plain: dict[str, Any]) -> Tensor:
+        """Put every sub-env back in the episode it was running at ``state_dict``, by resetting
+        it with that episode's seed and replaying its actions; return the state to act from.
+
+        The vector env steps all sub-envs at once, so episodes of different lengths are
+        replayed aligned on their ends: a sub-env with a shorter episode steps a placeholder
+        action until its own seeded reset, where its real episode begins."""
+        seeds = [int(s) for s in plain["episode_seeds"]]
+        shape = self.envs.single_action_space.shape
+        actions = [tensors[f"actions.{i}"].numpy().reshape(-1, *shape) for i in range(len(seeds))]
+        longest = max(len(a) for a in actions)
+        begins = np.array([longest - len(a) for a in actions])  # the tick each episode starts
+        space = self.envs.single_action_space
+        idle = np.clip(np.zeros(shape, dtype=np.float32), space.low, space.high)
+        obs, _ = self.envs.reset(seed=seeds)
+        self._start_episodes(np.ones(self.num_envs, dtype=bool))
+        self._replayed(obs, begins == 0)
+        for tick in range(longest):
+            live = begins <= tick
+            step = [
+                a[tick - b] if on else idle for a, b, on in zip(actions, begins, live, strict=True)
+            ]
+            obs, *_ = self.envs.step(np.stack(step))
+            self._replayed(obs, live)
+            starting = begins == tick + 1
+            if starting.any():
+                start_seeds = [s if on else None for s, on in zip(seeds, starting, strict=True)]
+                obs, _ = self.envs.reset(seed=start_seeds, options={"reset_mask": starting})
+                self._start_episodes(starting)
+                self._replayed(obs, starting)
+        self.episode_seeds = seeds
+        self.episode_actions = [list(a) for a in actions]
+        self._state = tensors["start_state"].clone()
+        return self._state
+
+    def _replayed(self, obs, rows: np.ndarray) -> None:
+        """A replayed observation of the sub-envs in ``rows``: rebuild per-episode state that
+        follows from observations alone (the bases' observation histories)."""
+
+    def _record(self, i: int, env_action: np.ndarray) -> None:
+        self.episode_actions[i].append(np.array(env_action, dtype=np.float32))
 
     def _start_episodes(self, mask: np.ndarray) -> None:
         """New episodes begin in the sub-envs of ``mask`` (clear per-episode state)."""
@@ -102,7 +166,10 @@ class SingleStepMDP(MDP):
 
     def step(self, action: Tensor) -> Step:
         executed = self.critic_action(self._state, action)
-        obs, reward, terminated, truncated, info = self.envs.step(self.env_action(executed).numpy())
+        env_actions = self.env_action(executed).numpy()
+        for i in range(self.num_envs):
+            self._record(i, env_actions[i])
+        obs, reward, terminated, truncated, info = self.envs.step(env_actions)
         next_state = self._observe(obs, range(self.num_envs))
         ended = terminated | truncated
         start = self._restart(ended, next_state)
@@ -157,6 +224,18 @@ class ResidualMDP(SingleStepMDP):
 
     def _observe(self, obs, rows) -> Tensor:
         return self.base.step(obs, list(rows)).cpu()
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors, plain = super().state_dict()
+        return {**tensors, **self.base.queue_state()}, plain
+
+    def restore(self, tensors: dict[str, Tensor], plain: dict[str, Any]) -> Tensor:
+        state = super().restore(tensors, plain)
+        self.base.load_queue_state(tensors)  # planned with random draws: put back, not replayed
+        return state
+
+    def _replayed(self, obs, rows: np.ndarray) -> None:
+        self.base.push_history(obs, np.flatnonzero(rows))
 
 
 def seed_stream(first: int) -> Iterator[int]:

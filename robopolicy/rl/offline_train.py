@@ -46,7 +46,7 @@ from robopolicy.training import state as train_state
 def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
-        cfg = saved_config(resume_from, "offline", OfflineConfig)
+        cfg = saved_config(resume_from, "offline", OfflineConfig, cfg.run_dir)
     validate_offline_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

@@ -81,16 +81,39 @@ class ResidualBase:
         """Advance the base in ``rows`` (all by default) by one observation; return the actor's
         input [features, a_base] for those rows, (len(rows), obs_dim), on the policy's device."""
         rows = range(len(self.executors)) if rows is None else rows
-        device = self.policy.device
         actions, histories = [], []
         for i in rows:
             executor = self.executors[i]
-            current = {k: obs_tensor(obs[k][i : i + 1]).to(device) for k in self.policy.shapes.obs}
-            actions.append(executor.act(current)[0])
+            actions.append(executor.act(self._current(obs, i))[0])
             histories.append(executor.histories.stacked([0]))
         batch = {k: torch.cat([h[k] for h in histories]) for k in histories[0]}
         features = self.policy.encode_obs(batch)
         return torch.cat([features, torch.stack(actions)], dim=-1)
+
+    def _current(self, obs: dict[str, np.ndarray], i: int) -> dict[str, Tensor]:
+        """Sub-env ``i``'s observation as its executor takes it: (1, ...) on the device."""
+        device = self.policy.device
+        return {k: obs_tensor(obs[k][i : i + 1]).to(device) for k in self.policy.shapes.obs}
+
+    def push_history(self, obs: dict[str, np.ndarray], rows: Sequence[int]) -> None:
+        """Append observations to the histories of ``rows`` without planning (a resume replays
+        the episodes; the planned actions come back with ``load_queue_state``)."""
+        for i in rows:
+            self.executors[i].histories.push(0, {k: v[0] for k, v in self._current(obs, i).items()})
+
+    def queue_state(self) -> dict[str, Tensor]:
+        """The actions each sub-env's base has planned and not executed yet, (n, A) per env."""
+        empty = torch.zeros(0, self.action_dim)
+        return {
+            f"base_queue.{i}": torch.stack(list(e.queues[0])).cpu() if e.queues[0] else empty
+            for i, e in enumerate(self.executors)
+        }
+
+    def load_queue_state(self, tensors: dict[str, Tensor]) -> None:
+        device = self.policy.device
+        for i, executor in enumerate(self.executors):
+            executor.queues[0].clear()
+            executor.queues[0].extend(tensors[f"base_queue.{i}"].to(device))
 
     def base_action(self, actor_obs: Tensor) -> Tensor:
         return actor_obs[..., -self.action_dim :]

@@ -6,6 +6,8 @@ length, time per action) and an mp4 of the first episodes, and returns the summa
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robopolicy.config import ConfigError, to_dict
+from robopolicy.config import ConfigError, load_config, to_dict
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig, describe
 from robopolicy.inference.guard import ObsGuardConfig
@@ -39,6 +41,7 @@ def evaluate(
     progress: bool = True,
     sampler_seed: int | None = None,
     obs_guard: ObsGuardConfig | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``n_episodes`` episodes with seeds ``seed, seed+1, ...`` and summarise them.
 
@@ -53,6 +56,8 @@ def evaluate(
     from torch seeded with ``sampler_seed`` (default ``seed``), so the same agent on the same
     seeds scores the same every time; the caller's torch RNG is restored afterwards, so an eval
     during training does not shift the training's random stream.
+    ``settings``: how the caller set this eval up, recorded in ``eval.json`` (``robopolicy
+    eval`` reads it back before it writes into the same folder again).
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
@@ -102,6 +107,8 @@ def evaluate(
             for r in records
         ],
     }
+    if settings is not None:
+        summary["settings"] = settings
     if out_dir is not None:
         out_dir = Path(out_dir)
         videos = [r.frames for r in records if r.frames]
@@ -132,7 +139,9 @@ class EvalConfig:
     """``robopolicy eval`` settings: a checkpoint, or ``agent: expert`` for the scripted expert.
 
     With a checkpoint, ``env_id`` and ``env_kwargs`` default to the task it was trained on and
-    the results go to ``<run>/eval-<checkpoint step>/`` unless ``out_dir`` is set.
+    the results go to ``<run>/eval-<checkpoint step>-<agent and execution>/`` unless
+    ``out_dir`` is set (it must be for a checkpoint outside a run's ``checkpoints/``). An
+    ``eval.json`` already there from other settings is never overwritten.
     """
 
     checkpoint: str | None = None
@@ -175,6 +184,16 @@ def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution)
     )
 
 
+def load_eval_config(target: str, overrides: list[str]) -> EvalConfig:
+    """``robopolicy eval TARGET``: a checkpoint (or its ``checkpoints/`` or run folder), or an
+    eval config file."""
+    if Path(target).is_dir():
+        return load_config(None, EvalConfig, [f"checkpoint={target}", *overrides])
+    if not Path(target).exists():
+        raise ConfigError(f"eval: no checkpoint or config at {target}")
+    return load_config(target, EvalConfig, overrides)
+
+
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     """Load the agent and evaluate it; the caller's torch RNG is left as it was (building the
     policy before its weights are loaded draws from it, and ``evaluate`` restores its own)."""
@@ -184,16 +203,25 @@ def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
 
 def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     env_id, env_kwargs, out_dir = cfg.env_id, cfg.env_kwargs, cfg.out_dir
+    source = None
     if cfg.checkpoint is not None:
-        from robopolicy.checkpoint import read_config, read_meta, resolve_checkpoint
+        from robopolicy.checkpoint import checkpoint_run, read_config, read_meta, resolve_checkpoint
 
         path = resolve_checkpoint(cfg.checkpoint)
+        source = str(path)
         config = read_config(path)
         task = config.get("task", {})
         env_id = env_id or task.get("env_id")
         env_kwargs = env_kwargs if env_kwargs is not None else task.get("env_kwargs")
         agent = checkpoint_agent(path, config, cfg.device, cfg.execution)
-        out_dir = out_dir or str(path.parent.parent / f"eval-{read_meta(path)['step']:07d}")
+        if out_dir is None:
+            run = checkpoint_run(path)
+            if run is None:
+                raise ConfigError(
+                    f"eval: {path} is not inside a run's checkpoints/ folder: set out_dir= for "
+                    "the results"
+                )
+            out_dir = str(run / f"eval-{read_meta(path)['step']:07d}-{_slug(agent.name)}")
     elif cfg.agent == "expert":
         agent = ExpertAgent(cfg.noise)
     else:
@@ -202,16 +230,58 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError("eval: env_id is not set (and no checkpoint names one)")
     if out_dir is None:
         raise ConfigError("eval: out_dir is not set")
+    env_kwargs = dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"})
+    settings = {
+        "checkpoint": source,
+        "agent": agent.name,
+        "noise": cfg.noise if source is None else None,
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "n_episodes": cfg.n_episodes,
+        "seed": cfg.seed,
+        "sampler_seed": cfg.sampler_seed,
+        "execution": to_dict(cfg.execution),
+        "device": cfg.device,
+    }
+    _refuse_other_results(Path(out_dir), settings)
     summary = evaluate(
         env_id,
         agent,
         n_episodes=cfg.n_episodes,
         seed=cfg.seed,
         num_envs=cfg.num_envs,
-        env_kwargs=dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"}),
+        env_kwargs=env_kwargs,
         out_dir=out_dir,
         video_episodes=cfg.video_episodes,
         sampler_seed=cfg.sampler_seed,
         obs_guard=ObsGuardConfig(**to_dict(cfg.obs_guard)),
+        settings=settings,
     )
     return {**summary, "out_dir": out_dir}
+
+
+def _slug(name: str) -> str:
+    """An agent's name as a folder name: ``diffusion-unet ddpm-20 rti(K'=2)`` ->
+    ``diffusion-unet-ddpm-20-rti-k-2``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _refuse_other_results(out_dir: Path, settings: dict[str, Any]) -> None:
+    """An ``eval.json`` in ``out_dir`` from other settings (or from a training run's own
+    final eval, which records none) stays: the same settings would only write it again."""
+    existing = out_dir / "eval.json"
+    if not existing.is_file():
+        return
+    before = json.loads(existing.read_text()).get("settings")
+    now = json.loads(json.dumps(settings))  # as eval.json holds them (tuples as lists)
+    if before == now:
+        return
+    differ = (
+        sorted(k for k in now if before.get(k) != now[k])
+        if isinstance(before, dict)
+        else ["(not recorded)"]
+    )
+    raise FileExistsError(
+        f"eval: {existing} holds the results of another eval (settings that differ: "
+        f"{', '.join(differ)}); set out_dir=<new folder>, or remove it"
+    )

@@ -14,7 +14,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from robopolicy.checkpoint import load_policy, resolve_checkpoint
+from robopolicy.checkpoint import checkpoint_run, load_policy, resolve_checkpoint
+from robopolicy.config import ConfigError
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig
 from robopolicy.sim.schemes import compare_schemes
@@ -32,11 +33,16 @@ class RTITuneConfig:
     seed: int = 100_000
     num_envs: int = 8
     latency_episodes: int = 2
-    out: str | None = None  # default: <run>/rti-tune.json
+    out: str | None = None  # default: <run>/rti-tune.json (required outside a run)
 
 
 def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
     path = resolve_checkpoint(cfg.checkpoint)
+    run = checkpoint_run(path)
+    if cfg.out is None and run is None:  # fail before the episodes, not after
+        raise ConfigError(
+            f"rti-tune: {path} is not inside a run's checkpoints/ folder: set out= for the result"
+        )
     policy = load_policy(path)
     steps = cfg.num_inference_steps or policy.cfg.num_train_timesteps
     bad = [k for k in cfg.candidates if not 1 <= k <= steps]
@@ -66,7 +72,7 @@ def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
         "chosen_start_step": chosen,
         "rows": rows,
     }
-    out = Path(cfg.out) if cfg.out else path.parent.parent / "rti-tune.json"
+    out = Path(cfg.out) if cfg.out else run / "rti-tune.json"
     atomic_write_json(out, result)
     return {**result, "out": str(out)}
 

@@ -41,7 +41,7 @@ from robopolicy.training import state as train_state
 def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
-        cfg = saved_config(resume_from, "synth", SynthConfig)
+        cfg = saved_config(resume_from, "synth", SynthConfig, cfg.run_dir)
     require_dataset(cfg)
     validate_sampler(cfg.sampler)
     if cfg.num_threads:

@@ -4,7 +4,8 @@ Reads robomimic-format demonstrations into in-memory windows, fits the normalise
 diffusion or flow policy with AdamW, a cosine schedule with warm-up and an EMA of the weights
 (the EMA weights are what is evaluated and saved as ``model.safetensors``). Logs to
 ``metrics.jsonl`` and TensorBoard, evaluates periodically in simulation, and checkpoints in the
-DESIGN format with everything an exact resume needs. A non-finite loss stops training with a
+DESIGN format with everything an exact resume needs; a resume goes on with the run's saved
+config (``RESUMABLE`` lists what it may change). A non-finite loss stops training with a
 message naming the last good checkpoint, which stays untouched.
 """
 
@@ -28,8 +29,6 @@ from tqdm import tqdm
 from robopolicy.checkpoint import (
     load_strict,
     load_training_state,
-    merge_saved_config,
-    read_config,
     resolve_checkpoint,
     restoring,
     save_checkpoint,
@@ -43,12 +42,13 @@ from robopolicy.data.sequence import RandomBatches, SequenceWindows
 from robopolicy.device import resolve_device
 from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
-from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
+from robopolicy.resume import resumed_config
+from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env
 from robopolicy.training import state as train_state
-from robopolicy.training.config import TrainConfig, validate_train_config
+from robopolicy.training.config import RESUMABLE, TrainConfig, validate_train_config
 from robopolicy.training.distributed import (
     init_distributed,
     max_replica_difference,
@@ -64,17 +64,17 @@ class TrainingDivergedError(RuntimeError):
 
 def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) a BC policy; return the final evaluation summary and paths."""
-    validate_train_config(cfg)
+    resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
+    if resume_from is not None:  # the run's own settings, threads included: an exact resume
+        cfg = resumed_config(cfg, resume_from, TrainConfig, RESUMABLE, derived=("shapes",))
+    validate_train_config(cfg, resumed=resume_from is not None)
     device = resolve_device(cfg.optim.device, "optim.device")
     if cfg.optim.num_threads > 0:
         torch.set_num_threads(cfg.optim.num_threads)
     dist_info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
-    resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
-    if resume_from is not None:
-        cfg = _resumed_config(cfg, resume_from)
-    run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
+    run_dir = plan_run_dir(cfg.run_dir, cfg.name, resume_from)
 
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
     windows, shapes = _load_data(cfg)
@@ -123,7 +123,11 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     eval_policy = copy.deepcopy(policy).eval()
 
     full_config = {**to_dict(cfg), "shapes": to_dict(OmegaConf.structured(shapes))}
-    logger = RunLogger(run_dir, enabled=dist_info.is_main)
+    # Everything above checked the data and the settings: only now does the run get a folder.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(
+        run_dir, enabled=dist_info.is_main, resumed_at=resumed_in_place(run_dir, resume_from)
+    )
     if dist_info.is_main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(full_config)))
     last_good: Path | None = resume_from
@@ -306,16 +310,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 # ---- state ----------------------------------------------------------------------------------
-def _resumed_config(cfg: TrainConfig, checkpoint: Path) -> TrainConfig:
-    """The saved config, with only the training length allowed to change."""
-    saved = read_config(checkpoint)
-    saved.pop("shapes", None)
-    merged = merge_saved_config(checkpoint, TrainConfig, saved)
-    merged.optim.steps = cfg.optim.steps
-    merged.resume = cfg.resume
-    return merged  # type: ignore[return-value]
-
-
 def _sync_eval_policy(eval_policy, policy, ema) -> None:
     eval_policy.load_state_dict(policy.state_dict())
     if ema is not None:

@@ -11,6 +11,10 @@ from robopolicy.config import ConfigError
 from robopolicy.policies.config import PolicyConfig
 
 OUT_OF_BOUNDS_ACTIONS = ("error", "clip")
+# What a resume may change (``robopolicy train CONFIG resume=RUN key=value``): the length of
+# training (it also stretches the cosine schedule from there on) and the loop's cadence (logs,
+# evals and checkpoints never touch the training's arithmetic). The rest comes from the run.
+RESUMABLE = ("optim.steps", "loop")
 
 
 @dataclass
@@ -67,9 +71,11 @@ class TrainConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
-def validate_train_config(cfg: TrainConfig) -> None:
+def validate_train_config(cfg: TrainConfig, *, resumed: bool = False) -> None:
     """Refuse settings that would otherwise fail mid-run (``loop.save_every=0`` divides by
-    zero after the first step) or quietly do nothing (``optim.steps=-5`` trains 0 steps)."""
+    zero after the first step) or quietly do nothing (``optim.steps=-5`` trains 0 steps).
+    A resumed run goes on with the keys it was trained on: one saved before ``task.obs_keys``
+    was required (empty: every key of its dataset) is not refused for it."""
     checks = [
         (cfg.optim.steps >= 1, f"optim.steps must be >= 1, got {cfg.optim.steps}"),
         (cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}"),
@@ -93,7 +99,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
             f"loop.final_eval_episodes must be >= 0, got {cfg.loop.final_eval_episodes}",
         ),
         (
-            bool(cfg.task.obs_keys),
+            bool(cfg.task.obs_keys) or resumed,
             "task.obs_keys is empty: name the observations the policy reads (the task configs "
             "in configs/task/ do), so that a dataset lacking one is refused",
         ),
