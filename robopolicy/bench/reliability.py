@@ -15,8 +15,10 @@ plus a verdict (``ok``):
    RSS against the bound its per-client limits set, clients dropped, and a valid request
    answered afterwards.
 
-``RESUME_SECTIONS`` is where the kill -9 / resume exactness checks (BC and RL, max |Δ| = 0)
-plug in: section functions with the same signature, run between 2 and 3.
+Between 2 and 3, ``bc_resume`` and ``rl_resume`` (``RESUME_SECTIONS``): tiny ``train`` and
+``finetune`` runs killed with SIGKILL after their first checkpoint and resumed with
+``resume=<run>`` alone, compared tensor by tensor with uninterrupted twins (max |Δ| must be 0,
+and no metrics row may be logged twice).
 
 Without ``checkpoint=`` a small Lift checkpoint is trained here (a few demos, a few hundred
 steps): what matters is a real normaliser and a real network, not a good policy.
@@ -47,10 +49,13 @@ from websockets.uri import parse_uri
 
 from robopolicy.bench.deploy import _free_port, _history, _wait_until_up
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.resume_exactness import bc_resume_exactness, rl_resume_exactness
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import read_config, resolve_checkpoint
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.deploy.codec import pack, unpack
+from robopolicy.rl.config import METHODS
+from robopolicy.sim.collect import CollectConfig, collect
 
 
 @dataclass
@@ -72,6 +77,9 @@ class Config:
     non_reading_seconds: float = 20.0  # longer than send_timeout_s, so drops show
     frame_bytes: int = 2**20  # the large frames non-reading clients send
     server_overrides: list[str] = field(default_factory=list)  # e.g. [send_timeout_s=5]
+    # finetune methods whose kill -9 / resume is checked (scratch: SAC on the task alone;
+    # residual, dsrl_sac, dsrl_na: on the bench's checkpoint as the frozen base)
+    resume_methods: list[str] = field(default_factory=lambda: ["scratch", "residual"])
     only: list[str] = field(default_factory=list)  # section names to run (default: all)
     out_root: str = "runs/bench"
 
@@ -101,6 +109,11 @@ def run(cfg: Config) -> dict[str, Any]:
             "bench reliability: need 0 <= oversize_frames <= fuzz_frames and "
             f"non_reading_clients >= 1, got {cfg.oversize_frames}, {cfg.fuzz_frames}, "
             f"{cfg.non_reading_clients}"
+        )
+    bad_methods = sorted(set(cfg.resume_methods) - set(METHODS))
+    if bad_methods:
+        raise ConfigError(
+            f"bench reliability: resume_methods {bad_methods} are not finetune methods {METHODS}"
         )
     out = new_run_dir(cfg.out_root, "reliability")
     checkpoint = str(
@@ -489,9 +502,53 @@ def _server_limits(overrides: list[str]) -> dict[str, int]:
 
 
 # ---- the sections, in order -----------------------------------------------------------------
-RESUME_SECTIONS: list[Section] = []
-"""Kill -9 / resume exactness for BC and RL (max |Δ| = 0) plugs in here: functions of a
-``Context`` returning a dict with ``ok`` and ``summary`` (and any figures)."""
+def bc_resume(ctx: Context) -> dict[str, Any]:
+    """A tiny BC run killed with SIGKILL after its first checkpoint and resumed with
+    ``resume=<run>`` alone ends with the tensors of its uninterrupted twin."""
+    result = bc_resume_exactness(ctx.out / "resume" / "bc", _lift_demos(ctx))
+    return _exactness_verdict(result)
+
+
+def rl_resume(ctx: Context) -> dict[str, Any]:
+    """The same for ``robopolicy finetune``, killed inside running episodes: SAC from scratch,
+    and each of ``resume_methods`` on the bench's checkpoint as its frozen base."""
+    runs = {}
+    for method in ctx.cfg.resume_methods:
+        base = None if method == "scratch" else ctx.checkpoint
+        work = ctx.out / "resume" / method
+        runs[method] = rl_resume_exactness(work, method=method, base=base)
+    verdicts = {method: _exactness_verdict(r) for method, r in runs.items()}
+    return {
+        "ok": all(v["ok"] for v in verdicts.values()),
+        "summary": "; ".join(f"{m}: {v['summary']}" for m, v in verdicts.items()),
+        "runs": runs,
+    }
+
+
+def _exactness_verdict(result: dict[str, Any]) -> dict[str, Any]:
+    ok = result["max_abs_diff"] == 0.0 and result["duplicate_log_rows"] == 0
+    summary = (
+        f"killed at {result['killed_at']} of {result['steps']}, resumed: max |Δ| = "
+        f"{result['max_abs_diff']:g} over {result['tensors']} tensors, "
+        f"{result['duplicate_log_rows']} log rows written twice"
+    )
+    return {**result, "ok": ok, "summary": summary}
+
+
+def _lift_demos(ctx: Context) -> str:
+    """Lift demonstrations for the BC resume: the bench checkpoint's own when it is a Lift
+    policy, else four collected here."""
+    task = read_config(ctx.checkpoint).get("task", {})
+    dataset = task.get("dataset")
+    if task.get("env_id") == "robopolicy/Lift-v0" and dataset and Path(dataset).is_file():
+        return str(dataset)
+    out = ctx.out / "resume" / "lift_demos.hdf5"
+    collect(CollectConfig(env_id="robopolicy/Lift-v0", n_demos=4, output=str(out)), progress=False)
+    return str(out)
+
+
+RESUME_SECTIONS: list[Section] = [bc_resume, rl_resume]
+"""Kill -9 / resume exactness for BC and RL (max |Δ| = 0, no metrics row logged twice)."""
 
 
 def sections() -> list[Section]:
