@@ -58,7 +58,7 @@ def test_resume_sections_run_between_the_server_sections_and_judge_exactness() -
     assert _exactness_verdict({**exact, "duplicate_log_rows": 0})["ok"]
     assert not _exactness_verdict({**exact, "duplicate_log_rows": 2})["ok"]
     off = _exactness_verdict({**exact, "max_abs_diff": 1.2e-7, "duplicate_log_rows": 0})
-    assert not off["ok"] and "max |Δ| = 1.2e-07 over 9 tensors" in off["summary"]
+    assert not off["ok"] and "max abs Δ = 1.2e-07 over 9 tensors" in off["summary"]
 
 
 def test_unknown_resume_method_is_refused_before_any_work(tmp_path) -> None:

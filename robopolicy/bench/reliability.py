@@ -528,7 +528,7 @@ def rl_resume(ctx: Context) -> dict[str, Any]:
 def _exactness_verdict(result: dict[str, Any]) -> dict[str, Any]:
     ok = result["max_abs_diff"] == 0.0 and result["duplicate_log_rows"] == 0
     summary = (
-        f"killed at {result['killed_at']} of {result['steps']}, resumed: max |Δ| = "
+        f"killed at {result['killed_at']} of {result['steps']}, resumed: max abs Δ = "
         f"{result['max_abs_diff']:g} over {result['tensors']} tensors, "
         f"{result['duplicate_log_rows']} log rows written twice"
     )
