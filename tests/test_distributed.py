@@ -1,0 +1,65 @@
+"""Executors and Ray set-up: the same outcomes locally and on a local Ray, failures reported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from robopolicy.config import ConfigError
+from robopolicy.distributed import RayConfig
+from robopolicy.distributed.executor import Job, LocalExecutor, RayExecutor, make_executor
+
+
+def _square_or_fail(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative input {x}")
+    return x * x
+
+
+def _jobs() -> list[Job]:
+    return [Job(f"job{x}", _square_or_fail, (x,), num_cpus=1) for x in (2, -1, 3)]
+
+
+def test_local_executor_reports_a_failing_job_and_runs_the_others() -> None:
+    outcomes = list(LocalExecutor().run(_jobs()))
+    assert [o.key for o in outcomes] == ["job2", "job-1", "job3"]
+    assert [o.value for o in outcomes] == [4, None, 9]
+    assert outcomes[1].error == "ValueError: negative input -1"
+
+
+def test_ray_executor_gives_the_local_outcomes(local_ray) -> None:
+    outcomes = {o.key: o for o in make_executor("ray", RayConfig()).run(_jobs())}
+    assert {k: o.value for k, o in outcomes.items()} == {"job2": 4, "job-1": None, "job3": 9}
+    assert "ValueError: negative input -1" in outcomes["job-1"].error
+
+
+def test_ray_executor_refuses_more_gpus_than_the_cluster_has(local_ray) -> None:
+    jobs = [Job("big", _square_or_fail, (1,), num_gpus=64)]
+    with pytest.raises(ConfigError, match=r"job 'big' asks for 64 GPU\(s\) per run.* has 0"):
+        next(RayExecutor(RayConfig()).run(jobs))
+
+
+def test_bad_executor_settings_are_refused() -> None:
+    with pytest.raises(ConfigError, match="executor must be one of"):
+        make_executor("dask", RayConfig())
+    with pytest.raises(ConfigError, match="ray.num_cpus and ray.num_gpus must be >= 0"):
+        make_executor("local", RayConfig(num_gpus=-1))
+
+
+def test_no_cluster_at_the_address_is_a_clear_error() -> None:
+    """In a fresh process (this one has the session's Ray): refused in seconds, not after
+    Ray's retries."""
+    code = (
+        "from robopolicy.distributed.cluster import connect;"
+        "from robopolicy.distributed import RayConfig;"
+        "connect(RayConfig(address='ray://127.0.0.1:9'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "ray.address='ray://127.0.0.1:9': no Ray cluster there" in done.stderr
+    with pytest.raises(ConfigError, match="expected 'auto', 'host:port'"):
+        from robopolicy.distributed.cluster import _check_reachable
+
+        _check_reachable("nowhere")
