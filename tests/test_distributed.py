@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -63,3 +64,43 @@ def test_no_cluster_at_the_address_is_a_clear_error() -> None:
         from robopolicy.distributed.cluster import _check_reachable
 
         _check_reachable("nowhere")
+
+
+def _comparable(out, results: dict) -> dict:
+    """results.json without what differs from one bench to the next: timings, the folder."""
+    text = json.dumps(results).replace(str(out), "<out>")
+    comparable = json.loads(text)
+    for entry in comparable["tasks"].values():
+        for run in entry["runs"].values():
+            run.pop("minutes")
+    return comparable
+
+
+def test_bench_on_ray_matches_the_local_bench_and_reports_a_failing_run(
+    local_ray, tiny_run, tmp_path
+) -> None:
+    """Two seeds of residual RL plus a method whose runs fail (its demos file is missing at run
+    time): on Ray, the same results.json as a local bench; the failures are reported."""
+    from test_residual import _tiny_bench
+
+    from robopolicy.bench import rl
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(f"defaults: [rl/residual_lift]\ndemos: {tmp_path / 'missing.hdf5'}\n")
+    outs = {}
+    for executor in ("local", "ray"):
+        cfg = _tiny_bench(tiny_run, tmp_path / executor)
+        cfg.executor = executor
+        cfg.tasks[0].methods["broken"] = str(broken)
+        results = rl.run(cfg)
+        out = next((tmp_path / executor / "residual").iterdir())
+        assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+        outs[executor] = _comparable(out, results)
+    local, ray_ = outs["local"], outs["ray"]
+    assert ray_["tasks"] == local["tasks"]
+    lift = ray_["tasks"]["lift"]
+    assert list(lift["runs"]) == ["residual/seed0", "residual/seed1"]
+    assert sorted(lift["failed"]) == ["broken/seed0", "broken/seed1"]
+    assert "missing.hdf5" in lift["failed"]["broken/seed0"]["error"]
+    report = (next((tmp_path / "ray" / "residual").iterdir()) / "report.md").read_text()
+    assert "Failed runs" in report and "lift broken/seed1:" in report

@@ -17,6 +17,11 @@ asks for), one without starts, a base it was training is finished from its newes
 and the base evals made before are read back. Runs of the earlier results that this bench does
 not select stay in its report. Wall times are whole runs', summed over the processes whose work
 led to the final checkpoint (runs whose checkpoints predate the clock have none: "n/a").
+
+``executor=ray`` hands the runs (every task's methods and seeds) to Ray as independent tasks,
+``ray.num_cpus`` / ``ray.num_gpus`` each, on this machine or a cluster (``ray.address``); the
+bases and their evals stay in this process. Either way a run that fails is reported with its
+error in results.json and the report, and the other runs finish.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import (
@@ -43,6 +49,8 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
+from robopolicy.distributed import RayConfig, check_executor
+from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
@@ -84,6 +92,8 @@ class Config:
     base_draws: int = 0
     out_root: str = "runs/bench"
     resume: str = ""  # an interrupted bench's folder (runs/bench/<suite>/<time>) to go on with
+    executor: str = "local"  # local: the runs one after the other here; ray: as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # the settings a resumed bench must share with the bench it goes on with
@@ -101,8 +111,11 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"methods: {unknown} not in this suite's methods {sorted(known)}")
     if cfg.base_draws < 0:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
+    check_executor(cfg.executor, cfg.ray)
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
-    _check_devices(cfg)
+    if cfg.executor == "local":  # on Ray, the workers' GPUs are checked against the cluster's
+        _check_devices(cfg)
+    executor = make_executor(cfg.executor, cfg.ray)  # joins the cluster before any work
     out, before = _resumed_folder(cfg) if cfg.resume else (new_run_dir(cfg.out_root, cfg.suite), {})
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -124,12 +137,18 @@ def run(cfg: Config) -> dict[str, Any]:
         },
         "tasks": dict(before.get("tasks", {})),  # a resumed bench keeps what it does not rerun
     }
-    for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
+    tasks = [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]
+    jobs: list[Job] = []
+    for task in tasks:
         # an earlier bench's base, when this task has none: its runs then stay comparable
         base = task.base or _earlier_base(earlier, task.name) or _train_base(task, out)
         run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
         kept = results["tasks"].get(task.name, {}).get("runs", {})
         entry: dict[str, Any] = {"base": str(base), "runs": dict(kept)}
+        rerun = {f"{label}/seed{seed}" for label in run_here for seed in cfg.seeds}
+        failed_before = results["tasks"].get(task.name, {}).get("failed", {})
+        if any(key not in rerun for key in failed_before):
+            entry["failed"] = {k: v for k, v in failed_before.items() if k not in rerun}
         digest = _weights_digest(base, f"task {task.name!r}") if earlier else None
         for path, bench in earlier:
             for key, run in _previous_runs(path, bench, task.name, digest, run_here).items():
@@ -153,12 +172,11 @@ def run(cfg: Config) -> dict[str, Any]:
             if label not in run_here:
                 continue
             for seed in cfg.seeds:
-                print(f"[bench {cfg.suite}] {task.name} {label} seed {seed}")
-                entry["runs"][f"{label}/seed{seed}"] = _one_run(
-                    cfg, config, base, seed, out / task.name / label / f"seed{seed}"
-                )
-                write_results(out, results, _report(results))  # keep finished runs
-        _plot(task.name, entry, cfg, out / f"{task.name}.png")
+                run_dir = out / task.name / label / f"seed{seed}"
+                jobs.append(_run_job(cfg, task.name, label, config, base, seed, run_dir))
+    _run_all(cfg, executor, jobs, results, out)
+    for task in tasks:
+        _plot(task.name, results["tasks"][task.name], cfg, out / f"{task.name}.png")
     write_results(out, results, _report(results))
     print(f"[bench {cfg.suite}] wrote {out}/report.md")
     for line in _summary_rows(results):
@@ -309,7 +327,50 @@ def _check_devices(cfg: Config) -> None:
                 raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
 
 
-def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path) -> dict:
+def _run_all(cfg: Config, executor, jobs: list[Job], results: dict, out: Path) -> None:
+    """Every run through the executor; each finished or failed run is written at once (an
+    interrupted bench keeps them), in the order a local bench lists them."""
+    order = {task: list(entry["runs"]) for task, entry in results["tasks"].items()}
+    for job in jobs:
+        task, key = job.key.split("/", 1)
+        order[task] += [key] if key not in order[task] else []
+        print(f"[bench {cfg.suite}] {task} {key.replace('/seed', ' seed ')}")
+    for outcome in executor.run(jobs):
+        task, key = outcome.key.split("/", 1)
+        entry = results["tasks"][task]
+        if outcome.ok:
+            runs = {**entry["runs"], key: outcome.value}
+            entry["runs"] = {k: runs[k] for k in order[task] if k in runs}
+        else:
+            print(f"[bench {cfg.suite}] {task} {key} failed: {outcome.error}")
+            entry["runs"].pop(key, None)
+            entry.setdefault("failed", {})[key] = {"error": outcome.error}
+        write_results(out, results, _report(results))  # keep finished runs
+
+
+def _run_job(
+    cfg: Config, task: str, label: str, config: str, base: Path | str, seed: int, run_dir: Path
+) -> Job:
+    """One run as a job, its config built and checked here (a resumed run against the one it
+    goes on with), so bad input stops the bench before any run starts."""
+    ft_cfg = _run_config(cfg, config, base, seed, run_dir)
+    num_gpus = cfg.ray.num_gpus
+    if num_gpus is None:
+        num_gpus = 1.0 if cfg.executor == "ray" and ft_cfg.device.startswith("cuda") else 0.0
+    if cfg.executor == "ray" and not ft_cfg.num_threads:  # runs side by side: no oversubscribing
+        ft_cfg.num_threads = max(1, int(cfg.ray.num_cpus))
+    return Job(
+        f"{task}/{label}/seed{seed}",
+        _finetune_run,
+        (OmegaConf.to_yaml(ft_cfg), config, seed, cfg.target),
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=num_gpus,
+    )
+
+
+def _run_config(
+    cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path
+) -> FinetuneConfig:
     overrides = [
         f"run_dir={run_dir}",
         f"seed={seed}",
@@ -324,11 +385,17 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
         ft_cfg.base = str(base)
     if saved_steps(run_dir):  # an interrupted (or finished) run of the bench resumed here
         ft_cfg.resume = str(_resumable(run_dir, ft_cfg))
+    return ft_cfg
+
+
+def _finetune_run(config_yaml: str, config: str, seed: int, target: float) -> dict:
+    """One run of the bench (in this process or on a Ray worker): finetune, then its row."""
+    ft_cfg = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), OmegaConf.create(config_yaml))
     result = finetune(ft_cfg)
     history = result["history"]
     # the step-0 eval is the untrained starting point: reaching the target needs learning
     reached = next(
-        (r["env_steps"] for r in history if r["env_steps"] > 0 and r["success_rate"] >= cfg.target),
+        (r["env_steps"] for r in history if r["env_steps"] > 0 and r["success_rate"] >= target),
         None,
     )
     final = result["final"]
@@ -504,8 +571,19 @@ def _report(results: dict) -> str:
             "",
             *_sources(results),
             *_unclocked(results),
+            *_failures(results),
         ]
     )
+
+
+def _failures(results: dict) -> list[str]:
+    """The runs that failed, with their errors (the others ran to the end)."""
+    lines = [
+        f"- {task} {key}: {failure['error']}"
+        for task, entry in results["tasks"].items()
+        for key, failure in entry.get("failed", {}).items()
+    ]
+    return ["Failed runs (resume= runs them again):", "", *lines, ""] if lines else []
 
 
 def _unclocked(results: dict) -> list[str]:
