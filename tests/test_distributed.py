@@ -104,3 +104,32 @@ def test_bench_on_ray_matches_the_local_bench_and_reports_a_failing_run(
     assert "missing.hdf5" in lift["failed"]["broken/seed0"]["error"]
     report = (next((tmp_path / "ray" / "residual").iterdir()) / "report.md").read_text()
     assert "Failed runs" in report and "lift broken/seed1:" in report
+
+
+def test_eval_on_ray_matches_the_local_eval(local_ray, tiny_run, tmp_path) -> None:
+    """Shards of a fixed checkpoint's eval on Ray workers: the same episodes, seeds and
+    successes as the same eval in this process; one shard is the unsharded eval."""
+    from robopolicy.sim.evaluate import EvalConfig, run_eval_config
+
+    def run(executor: str, per_job: int, n: int = 3) -> dict:
+        return run_eval_config(
+            EvalConfig(
+                checkpoint=str(tiny_run),
+                n_episodes=n,
+                episodes_per_job=per_job,
+                executor=executor,
+                num_envs=1,
+                video_episodes=0,
+                out_dir=str(tmp_path / f"{executor}{per_job}"),
+            )
+        )
+
+    local, on_ray = run("local", 2), run("ray", 2)
+    assert on_ray["shards"] == local["shards"] == 2
+    assert on_ray["seeds"] == [100_000, 100_001, 100_002]
+    assert on_ray["per_episode"] == local["per_episode"]
+    assert on_ray["success_rate"] == local["success_rate"]
+    written = json.loads((tmp_path / "ray2" / "eval.json").read_text())
+    assert written["per_episode"] == on_ray["per_episode"]
+    # the first shard on Ray is the plain eval of its two episodes here
+    assert run("local", 0, n=2)["per_episode"] == on_ray["per_episode"][:2]

@@ -16,10 +16,12 @@ import torch
 from tqdm import tqdm
 
 from robopolicy.config import ConfigError, to_dict
+from robopolicy.distributed import RayConfig
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig, describe
 from robopolicy.sim.agents import Agent, ExpertAgent, PolicyAgent
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
+from robopolicy.sim.shards import evaluate_in_shards, shard_sizes
 from robopolicy.sim.stats import wilson_interval
 from robopolicy.sim.vector import make_vector_env
 from robopolicy.sim.video import write_mp4
@@ -141,6 +143,11 @@ class EvalConfig:
     out_dir: str | None = None
     device: str = "cpu"
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    # more episodes than this are evaluated in shards of this many, each with its own seeds
+    # (see sim/shards.py): the same figures locally and on Ray workers (0: one shard)
+    episodes_per_job: int = 100
+    executor: str = "local"  # local | ray: the shards as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
@@ -194,13 +201,16 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError("eval: env_id is not set (and no checkpoint names one)")
     if out_dir is None:
         raise ConfigError("eval: out_dir is not set")
+    env_kwargs = dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"})
+    if cfg.executor != "local" or len(shard_sizes(cfg.n_episodes, cfg.episodes_per_job)) > 1:
+        return {**evaluate_in_shards(cfg, env_id, env_kwargs, out_dir), "out_dir": out_dir}
     summary = evaluate(
         env_id,
         agent,
         n_episodes=cfg.n_episodes,
         seed=cfg.seed,
         num_envs=cfg.num_envs,
-        env_kwargs=dict(env_kwargs if env_kwargs is not None else {"obs_type": "state"}),
+        env_kwargs=env_kwargs,
         out_dir=out_dir,
         video_episodes=cfg.video_episodes,
         sampler_seed=cfg.sampler_seed,
