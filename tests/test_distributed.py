@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +135,86 @@ def test_eval_on_ray_matches_the_local_eval(local_ray, tiny_run, tmp_path) -> No
     assert written["per_episode"] == on_ray["per_episode"]
     # the first shard on Ray is the plain eval of its two episodes here
     assert run("local", 0, n=2)["per_episode"] == on_ray["per_episode"][:2]
+
+
+def _sweep_args(tiny_run, tmp_path, *extra: str) -> list[str]:
+    """A sweep of tiny residual RL runs (20 env steps, an eval of one 10-step episode every 10)
+    from the tiny base."""
+    return [
+        f"base={tiny_run}",
+        "env_steps=20",
+        "eval_every=10",
+        "eval_episodes=1",
+        "final_eval_episodes=1",
+        "warmup_steps=10",
+        "critic_warmup_updates=2",
+        "num_envs=1",
+        "env_kwargs={obs_type: state, max_episode_steps: 10}",
+        "agent.hidden_dim=16",
+        "agent.critic_heads=2",
+        "agent.batch_size=8",
+        f"out_root={tmp_path}",
+        "ray.num_cpus=1",
+        *extra,
+    ]
+
+
+def test_sweep_runs_four_trials_writes_a_table_and_picks_the_best(
+    local_ray, tiny_run, tmp_path, capsys
+) -> None:
+    from robopolicy.sweep import plan_sweep, run_sweep
+
+    args = _sweep_args(
+        tiny_run,
+        tmp_path,
+        "grid.seed=[0,1]",
+        "grid.agent.actor_lr=[1e-4,3e-4]",
+        "metric=mean_return",
+    )
+    plan = plan_sweep("configs/rl/residual_lift.yaml", args)
+    assert plan.command == "finetune" and len(plan.specs) == 4
+    summary = run_sweep(plan)
+    out = Path(summary["out"])
+    assert out.parent == tmp_path / "residual_lift"
+    rows = summary["trials"]
+    assert [(r["trial"], r["seed"], r["agent.actor_lr"]) for r in rows] == [
+        (0, 0, 1e-4),
+        (1, 0, 3e-4),
+        (2, 1, 1e-4),
+        (3, 1, 3e-4),
+    ]
+    assert all(r["status"] == "done" and r["step"] == 20 for r in rows)
+    best = summary["best"]
+    assert best["metric"] == max(r["metric"] for r in rows)
+    assert best["checkpoint"] == str(out / f"trial_{best['trial']}" / "checkpoints" / "0000020")
+    # each trial is an ordinary run folder: its config and final eval are there
+    trial = out / "trial_3"
+    assert "actor_lr: 0.0003" in (trial / "config.yaml").read_text()
+    assert (trial / "eval-0000020" / "eval.json").is_file()
+    with (out / "sweep.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [row["trial"] for row in table] == ["0", "1", "2", "3"]
+    assert f"Best: trial {best['trial']}" in (out / "sweep.md").read_text()
+
+
+def test_sweep_refuses_bad_input_before_any_trial(local_ray, tiny_run, tmp_path, capsys) -> None:
+    from robopolicy.cli import main
+
+    def error(*extra: str) -> str:
+        code = main(
+            ["sweep", "configs/rl/residual_lift.yaml", *_sweep_args(tiny_run, tmp_path, *extra)]
+        )
+        assert code == 2
+        return capsys.readouterr().err
+
+    assert (
+        "grid.agent.hiden_dim: configs/rl/residual_lift.yaml (finetune config) has no key"
+        in error("grid.agent.hiden_dim=[8,16]")
+    )
+    assert "trial 1 {'seed': 'x'}" in error("grid.seed=[0,x]")
+    assert "uniform.agent.actor_lr needs [low, high]" in error("uniform.agent.actor_lr=[1,0]")
+    assert not tmp_path.joinpath("residual_lift").exists()  # nothing started
+    assert "asks for 8 GPU(s) per run, but the largest node" in error(
+        "grid.seed=[0,1]", "ray.num_gpus=8"
+    )
+    assert not list(tmp_path.glob("residual_lift/*/trial_*"))

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,12 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def train_bc(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a BC policy; return the final evaluation summary and paths."""
+def train_bc(
+    cfg: TrainConfig, on_eval: Callable[[int, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a BC policy; return the final evaluation summary and paths.
+    ``on_eval(step, summary)`` hears of every eval as it is made (a sweep reports them to its
+    scheduler, which may stop the run early)."""
     device = resolve_device(cfg.optim.device, "optim.device")
     if cfg.optim.num_threads > 0:
         torch.set_num_threads(cfg.optim.num_threads)
@@ -189,6 +194,8 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
             ):
                 summary = run_eval(cfg.loop.eval_episodes, None)
                 logger.log(step, "eval", eval_metrics(summary))
+                if on_eval is not None:
+                    on_eval(step, summary)
                 policy.train()
             if dist_info.is_main and (step % cfg.loop.save_every == 0 or step == cfg.optim.steps):
                 last_good = save(last_metrics)
@@ -210,6 +217,8 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
             summary = run_eval(cfg.loop.final_eval_episodes, run_dir / "eval")
             logger.log(step, "eval", eval_metrics(summary))
             result["eval"] = summary
+            if on_eval is not None:
+                on_eval(step, summary)
             print(summary_line(summary))
     logger.close()
     shutdown_distributed(dist_info)
