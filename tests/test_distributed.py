@@ -68,6 +68,10 @@ def test_no_cluster_at_the_address_is_a_clear_error() -> None:
         _check_reachable("nowhere")
 
 
+# the RL runs' envs in-process, their eval episodes 10 steps long
+SHORT = ("num_envs=1", "env_kwargs={obs_type: state, max_episode_steps: 10}")
+
+
 def _comparable(out, results: dict) -> dict:
     """results.json without what differs from one bench to the next: timings, the folder."""
     text = json.dumps(results).replace(str(out), "<out>")
@@ -91,7 +95,7 @@ def test_bench_on_ray_matches_the_local_bench_and_reports_a_failing_run(
     broken.write_text(f"defaults: [rl/residual_lift]\ndemos: {tmp_path / 'missing.hdf5'}\n")
     outs = {}
     for executor in ("local", "ray"):
-        cfg = _tiny_bench(tiny_run, tmp_path / executor)
+        cfg = _tiny_bench(tiny_run, tmp_path / executor, *SHORT)
         cfg.executor = executor
         cfg.tasks[0].methods["broken"] = str(broken)
         results = rl.run(cfg)
