@@ -222,3 +222,13 @@ def test_sweep_refuses_bad_input_before_any_trial(local_ray, tiny_run, tmp_path,
         "grid.seed=[0,1]", "ray.num_gpus=8"
     )
     assert not list(tmp_path.glob("residual_lift/*/trial_*"))
+
+
+def test_timing_suites_stay_local_and_executors_are_checked(capsys) -> None:
+    from robopolicy.cli import main
+
+    for suite in ("sim", "bc", "rti", "rti_flow", "deploy"):
+        assert main(["bench", suite, "executor=ray"]) == 2
+        assert "measures speed on this machine" in capsys.readouterr().err
+    assert main(["bench", "residual", "executor=dask"]) == 2
+    assert "executor must be one of ['local', 'ray'], got 'dask'" in capsys.readouterr().err

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from robopolicy.bench.jobs import local_only
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import load_policy
 from robopolicy.config import CONFIG_DIR, load_config
@@ -47,9 +48,11 @@ class Config:
     speed_steps: int = 20  # training steps timed per backbone in the speed table
     device: str = "cpu"  # speed table and chunk latency: cpu | cuda (training follows optim.device)
     out_root: str = "runs/bench"
+    executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    local_only(cfg.executor, "bc")
     out = new_run_dir(cfg.out_root, "bc")
     results: dict[str, Any] = {"suite": "bc", "machine": machine_info(), "runs": {}}
     print("[bench bc] speed per backbone")

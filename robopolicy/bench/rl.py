@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from robopolicy.bench.jobs import failure_lines, run_jobs, run_resources
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import (
     CheckpointError,
@@ -174,7 +176,8 @@ def run(cfg: Config) -> dict[str, Any]:
             for seed in cfg.seeds:
                 run_dir = out / task.name / label / f"seed{seed}"
                 jobs.append(_run_job(cfg, task.name, label, config, base, seed, run_dir))
-    _run_all(cfg, executor, jobs, results, out)
+    save = partial(_save, out, results)
+    run_jobs(cfg.suite, executor, jobs, results["tasks"], save)
     for task in tasks:
         _plot(task.name, results["tasks"][task.name], cfg, out / f"{task.name}.png")
     write_results(out, results, _report(results))
@@ -182,6 +185,10 @@ def run(cfg: Config) -> dict[str, Any]:
     for line in _summary_rows(results):
         print("  " + " | ".join(str(c) for c in line))
     return results
+
+
+def _save(out: Path, results: dict[str, Any]) -> None:
+    write_results(out, results, _report(results))
 
 
 def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
@@ -327,38 +334,15 @@ def _check_devices(cfg: Config) -> None:
                 raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
 
 
-def _run_all(cfg: Config, executor, jobs: list[Job], results: dict, out: Path) -> None:
-    """Every run through the executor; each finished or failed run is written at once (an
-    interrupted bench keeps them), in the order a local bench lists them."""
-    order = {task: list(entry["runs"]) for task, entry in results["tasks"].items()}
-    for job in jobs:
-        task, key = job.key.split("/", 1)
-        order[task] += [key] if key not in order[task] else []
-        print(f"[bench {cfg.suite}] {task} {key.replace('/seed', ' seed ')}")
-    for outcome in executor.run(jobs):
-        task, key = outcome.key.split("/", 1)
-        entry = results["tasks"][task]
-        if outcome.ok:
-            runs = {**entry["runs"], key: outcome.value}
-            entry["runs"] = {k: runs[k] for k in order[task] if k in runs}
-        else:
-            print(f"[bench {cfg.suite}] {task} {key} failed: {outcome.error}")
-            entry["runs"].pop(key, None)
-            entry.setdefault("failed", {})[key] = {"error": outcome.error}
-        write_results(out, results, _report(results))  # keep finished runs
-
-
 def _run_job(
     cfg: Config, task: str, label: str, config: str, base: Path | str, seed: int, run_dir: Path
 ) -> Job:
     """One run as a job, its config built and checked here (a resumed run against the one it
     goes on with), so bad input stops the bench before any run starts."""
     ft_cfg = _run_config(cfg, config, base, seed, run_dir)
-    num_gpus = cfg.ray.num_gpus
-    if num_gpus is None:
-        num_gpus = 1.0 if cfg.executor == "ray" and ft_cfg.device.startswith("cuda") else 0.0
-    if cfg.executor == "ray" and not ft_cfg.num_threads:  # runs side by side: no oversubscribing
-        ft_cfg.num_threads = max(1, int(cfg.ray.num_cpus))
+    num_gpus, ft_cfg.num_threads = run_resources(
+        cfg.executor, cfg.ray, ft_cfg.device, ft_cfg.num_threads
+    )
     return Job(
         f"{task}/{label}/seed{seed}",
         _finetune_run,
@@ -571,19 +555,9 @@ def _report(results: dict) -> str:
             "",
             *_sources(results),
             *_unclocked(results),
-            *_failures(results),
+            *failure_lines(results["tasks"]),
         ]
     )
-
-
-def _failures(results: dict) -> list[str]:
-    """The runs that failed, with their errors (the others ran to the end)."""
-    lines = [
-        f"- {task} {key}: {failure['error']}"
-        for task, entry in results["tasks"].items()
-        for key, failure in entry.get("failed", {}).items()
-    ]
-    return ["Failed runs (resume= runs them again):", "", *lines, ""] if lines else []
 
 
 def _unclocked(results: dict) -> list[str]:
