@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from robopolicy.config import ConfigError
 from robopolicy.distributed import RayConfig
@@ -232,3 +233,42 @@ def test_timing_suites_stay_local_and_executors_are_checked(capsys) -> None:
         assert "measures speed on this machine" in capsys.readouterr().err
     assert main(["bench", "residual", "executor=dask"]) == 2
     assert "executor must be one of ['local', 'ray'], got 'dask'" in capsys.readouterr().err
+
+
+def test_a_bench_run_on_cuda_asks_ray_for_a_gpu(local_ray, tiny_run, tmp_path) -> None:
+    """A method on CUDA is a Ray task with one GPU (or ray.num_gpus); a cluster without one
+    refuses the bench before any work (on a CPU-only machine)."""
+    from test_residual import _tiny_bench
+
+    from robopolicy.bench import rl
+
+    cfg = _tiny_bench(tiny_run, tmp_path)
+    cfg.executor = "ray"
+    job = rl._run_job(cfg, "lift", "gpu", "rl/dsrl_na_lift_gpu.yaml", tiny_run, 0, tmp_path / "r")
+    assert (job.num_cpus, job.num_gpus) == (1.0, 1.0)
+    cfg.ray.num_gpus = 0.5  # two runs share a GPU
+    job = rl._run_job(cfg, "lift", "gpu", "rl/dsrl_na_lift_gpu.yaml", tiny_run, 0, tmp_path / "r")
+    assert job.num_gpus == 0.5
+    if not torch.cuda.is_available():
+        cfg.ray.num_gpus = None
+        cfg.tasks[0].methods = {"gpu": "rl/dsrl_na_lift_gpu.yaml"}
+        with pytest.raises(ConfigError, match=r"lift gpu .*asks for 1 GPU\(s\) per run.* has 0"):
+            rl.run(cfg)
+        assert not (tmp_path / "residual").exists()
+
+
+def _visible_gpus() -> tuple[str, bool]:
+    import os
+
+    import torch
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES", ""), torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+def test_a_job_that_asks_for_a_gpu_gets_one(local_ray) -> None:
+    """Where a GPU is lent (``pytest -m gpu``): Ray (which finds the GPUs itself) hands the
+    job a CUDA device."""
+    (outcome,) = RayExecutor(RayConfig()).run([Job("gpu", _visible_gpus, num_gpus=1)])
+    visible, available = outcome.value
+    assert visible != "" and available

@@ -52,7 +52,7 @@ from robopolicy.checkpoint import (
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
 from robopolicy.distributed import RayConfig, check_executor
-from robopolicy.distributed.executor import Job, make_executor
+from robopolicy.distributed.executor import Executor, Job, make_executor
 from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
@@ -115,9 +115,8 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
     check_executor(cfg.executor, cfg.ray)
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
-    if cfg.executor == "local":  # on Ray, the workers' GPUs are checked against the cluster's
-        _check_devices(cfg)
     executor = make_executor(cfg.executor, cfg.ray)  # joins the cluster before any work
+    _check_devices(cfg, executor)
     out, before = _resumed_folder(cfg) if cfg.resume else (new_run_dir(cfg.out_root, cfg.suite), {})
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -320,18 +319,23 @@ def _train_base(task: Task, out: Path) -> Path:
     return resolve_checkpoint(train_bc(train_cfg)["checkpoint"])
 
 
-def _check_devices(cfg: Config) -> None:
-    """A method config that needs a GPU this machine lacks fails now, not after the base is
-    trained and the other methods have run."""
+def _check_devices(cfg: Config, executor: Executor) -> None:
+    """A method config that needs a GPU this machine (or, on Ray, every node of the cluster)
+    lacks fails now, not after the base is trained and the other methods have run."""
     for task in cfg.tasks:
         for label, config in task.methods.items():
             if cfg.methods and label not in cfg.methods:
                 continue
             device = load_config(CONFIG_DIR / config, FinetuneConfig, list(cfg.overrides)).device
+            what = f"{task.name} {label} ({config})"
+            if cfg.executor == "ray":  # the runs' GPUs are the cluster's, not this machine's
+                num_gpus, _ = run_resources(cfg.executor, cfg.ray, device, 1)
+                executor.check(cfg.ray.num_cpus, num_gpus, what)
+                continue
             try:
                 resolve_device(device)
             except ConfigError as err:
-                raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
+                raise ConfigError(f"{what}: {err}") from err
 
 
 def _run_job(

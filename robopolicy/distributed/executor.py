@@ -41,6 +41,10 @@ class Outcome:
 
 
 class Executor(Protocol):
+    def check(self, num_cpus: float, num_gpus: float, what: str) -> None:
+        """Refuse, before any work, a job request that could never be scheduled."""
+        ...
+
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         """Each job's outcome, as soon as it is known."""
         ...
@@ -48,6 +52,9 @@ class Executor(Protocol):
 
 class LocalExecutor:
     """The jobs one after the other in this process, in order."""
+
+    def check(self, num_cpus: float, num_gpus: float, what: str) -> None:
+        """Nothing to check: a local job's device is checked where it is resolved."""
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         for job in jobs:
@@ -67,11 +74,14 @@ class RayExecutor:
     def __init__(self, cfg: RayConfig) -> None:
         connect(cfg)
 
+    def check(self, num_cpus: float, num_gpus: float, what: str) -> None:
+        check_resources(num_cpus, num_gpus, what)
+
     def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
         import ray
 
         for job in jobs:  # every request checked before the first job starts
-            check_resources(job.num_cpus, job.num_gpus, f"job {job.key!r}")
+            self.check(job.num_cpus, job.num_gpus, f"job {job.key!r}")
         remote = ray.remote(max_retries=0)(_call)
         cwd = os.getcwd()
         pending = {
