@@ -175,6 +175,8 @@ def test_sweep_runs_four_trials_writes_a_table_and_picks_the_best(
         "grid.seed=[0,1]",
         "grid.agent.actor_lr=[1e-4,3e-4]",
         "metric=mean_return",
+        "early_stop=true",  # ASHA in the loop; grace_evals covers all 3 evals: every trial ends
+        "grace_evals=3",
     )
     plan = plan_sweep("configs/rl/residual_lift.yaml", args)
     assert plan.command == "finetune" and len(plan.specs) == 4
