@@ -167,7 +167,7 @@ def _sweep_args(tiny_run, tmp_path, *extra: str) -> list[str]:
 def test_sweep_runs_four_trials_writes_a_table_and_picks_the_best(
     local_ray, tiny_run, tmp_path, capsys
 ) -> None:
-    from robopolicy.sweep import plan_sweep, run_sweep
+    from robopolicy.sweep import plan_sweep, run_sweep, summary_lines
 
     args = _sweep_args(
         tiny_run,
@@ -202,6 +202,10 @@ def test_sweep_runs_four_trials_writes_a_table_and_picks_the_best(
         table = list(csv.DictReader(f))
     assert [row["trial"] for row in table] == ["0", "1", "2", "3"]
     assert f"Best: trial {best['trial']}" in (out / "sweep.md").read_text()
+    lines = summary_lines(summary)  # what `robopolicy sweep` prints
+    assert lines[-2] == (
+        f"best: trial {best['trial']} (mean_return {best['metric']:.3g}) -> {best['checkpoint']}"
+    )
 
 
 def test_sweep_refuses_bad_input_before_any_trial(local_ray, tiny_run, tmp_path, capsys) -> None:
@@ -274,3 +278,25 @@ def test_a_job_that_asks_for_a_gpu_gets_one(local_ray) -> None:
     (outcome,) = RayExecutor(RayConfig()).run([Job("gpu", _visible_gpus, num_gpus=1)])
     visible, available = outcome.value
     assert visible != "" and available
+
+
+def test_sweep_draws_random_keys_per_grid_point_repeatably(tiny_run, tmp_path) -> None:
+    from robopolicy.sweep import plan_sweep
+
+    def params(seed: int) -> list[dict]:
+        args = _sweep_args(
+            tiny_run,
+            tmp_path,
+            "grid.seed=[0,1]",
+            "choice.agent.hidden_dim=[8,16]",
+            "loguniform.agent.actor_lr=[1e-5,1e-3]",
+            "num_samples=3",
+            f"sample_seed={seed}",
+        )
+        return plan_sweep("configs/rl/residual_lift.yaml", args).params
+
+    drawn = params(0)
+    assert [p["seed"] for p in drawn] == [0, 0, 0, 1, 1, 1]
+    assert all(p["agent.hidden_dim"] in (8, 16) for p in drawn)
+    assert all(1e-5 <= p["agent.actor_lr"] <= 1e-3 for p in drawn)
+    assert params(0) == drawn and params(1) != drawn
