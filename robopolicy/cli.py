@@ -12,6 +12,7 @@ Commands:
   export CKPT OUT  write a deployable directory: checkpoint, deploy.json, policy.onnx
   serve CKPT       serve a checkpoint to robot controllers (websocket + msgpack, 127.0.0.1)
   bench SUITE      run a benchmark suite; write results.json, a Markdown report and plots
+  sweep CONFIG     search train/finetune settings on Ray Tune; a results table, the best run
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ EPILOG = """examples:
       execution.num_inference_steps=100 execution.rti_start_step=2 \
       execution.rti_cold_start_steps=10
   robopolicy bench sim
+  robopolicy bench residual executor=ray ray.address=auto
+  robopolicy sweep configs/rl/residual_lift.yaml "grid.agent.actor_lr=[1e-4,3e-4]" early_stop=true
   robopolicy offline-data configs/offline/hopper_medium.yaml
   robopolicy synth train configs/synth/hopper_medium.yaml
   robopolicy synth generate runs/synth_hopper_medium policy=RUN guidance=0.1 trajectories=512
@@ -209,6 +212,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     run_server(load_config(None, ServeConfig, [f"checkpoint={args.config}", *args.overrides]))
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from robopolicy.sweep import plan_sweep, run_sweep, summary_lines
+
+    print("\n".join(summary_lines(run_sweep(plan_sweep(args.config, args.overrides)))))
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from robopolicy.bench import run_suite
 
@@ -275,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
             "send_timeout_s (10: drop a client that does not read), idle_timeout_s (300), "
             "max_connections (32)",
             "checkpoint",
+        ),
+        (
+            "sweep",
+            _cmd_sweep,
+            'search a train or finetune config on Ray Tune: "grid.<key>=[a,b]", choice., '
+            "uniform., loguniform. keys; num_samples, metric (success_rate|mean_return), mode, "
+            "early_stop (ASHA), ray.address, ray.num_cpus, ray.num_gpus; other key=value set "
+            "the config; writes sweep.csv/.md and names the best run's checkpoint",
+            "config",
         ),
     ):
         epilog = _resume_epilog(name) if name in RESUME_HELP else None

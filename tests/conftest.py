@@ -32,3 +32,22 @@ def tiny_run(lift_demos, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     train_bc(tiny_train_config(lift_demos, run_dir, "optim.steps=10", "loop.save_every=10"))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray (2 CPUs, no dashboard) for the whole test session: its start-up (a few
+    seconds) is paid once; it is shut down when the session ends. Its workers import the test
+    modules (their jobs are test functions) from tests/."""
+    import os
+
+    from robopolicy.distributed import RayConfig
+    from robopolicy.distributed.cluster import connect, shutdown
+
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", path)
+        connect(RayConfig(local_cpus=2))
+    yield
+    shutdown()

@@ -4,6 +4,10 @@ For each configured run: collect its dataset if missing, train with ``train_bc``
 final EMA weights on >= 50 seeded episodes (Wilson interval), and measure training speed
 (samples/s), the share of each step spent waiting for data, and inference latency per chunk
 (batch 1, p50/p95) with its number of network evaluations.
+
+With ``executor=ray`` the trainings are Ray tasks (datasets are collected here first, so two
+runs never write one file); the per-backbone speed table stays in this process. Speed figures
+of runs side by side on one machine are then slower than alone: the report says so.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
+from robopolicy.bench.jobs import failure_lines, run_jobs, run_resources
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import load_policy
 from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.distributed import RayConfig
+from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_save_figure
 from robopolicy.sim.collect import CollectConfig, collect
 from robopolicy.training.bc import train_bc
@@ -47,20 +55,27 @@ class Config:
     speed_steps: int = 20  # training steps timed per backbone in the speed table
     device: str = "cpu"  # speed table and chunk latency: cpu | cuda (training follows optim.device)
     out_root: str = "runs/bench"
+    executor: str = "local"  # local: one training after the other here; ray: as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    executor = make_executor(cfg.executor, cfg.ray)  # checked, and joined, before any work
     out = new_run_dir(cfg.out_root, "bc")
     results: dict[str, Any] = {"suite": "bc", "machine": machine_info(), "runs": {}}
+    results["executor"] = cfg.executor
     print("[bench bc] speed per backbone")
     device = torch.device(cfg.device)
     results["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results["speed"] = backbone_speed(cfg.speed_steps, cfg.latency_repeats, device)
-    runs = [r for r in cfg.runs if not cfg.only or r.name in cfg.only]
-    for spec in runs:
-        print(f"[bench bc] {spec.name}")
-        results["runs"][spec.name] = _one_run(spec, cfg, out)
-        write_results(out, results, _report(results))  # keep what is done if a later run fails
+    specs = [r for r in cfg.runs if not cfg.only or r.name in cfg.only]
+    jobs = [_job(spec, cfg, out) for spec in specs]
+    entries = {"bc": results}
+
+    def save() -> None:  # keep what is done if a later run fails
+        write_results(out, results, _report(results))
+
+    run_jobs("bc", executor, jobs, entries, save)
     _plot(results, out)
     print(f"[bench bc] wrote {out}/report.md")
     for name, r in results["runs"].items():
@@ -72,7 +87,8 @@ def run(cfg: Config) -> dict[str, Any]:
     return results
 
 
-def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
+def _job(spec: BCRun, cfg: Config, out: Path) -> Job:
+    """One training of the bench as an executor job; its dataset collected here first."""
     train_cfg = load_config(
         CONFIG_DIR / spec.train_config,
         TrainConfig,
@@ -87,15 +103,34 @@ def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
             CONFIG_DIR / spec.collect_config, CollectConfig, [f"output={train_cfg.task.dataset}"]
         )
         collect(collect_cfg)
+    num_gpus, train_cfg.optim.num_threads = run_resources(
+        cfg.executor, cfg.ray, train_cfg.optim.device, train_cfg.optim.num_threads
+    )
+    args = (spec.train_config, list(spec.overrides), OmegaConf.to_yaml(train_cfg), cfg.device)
+    return Job(
+        f"bc/{spec.name}",
+        _one_run,
+        (*args, cfg.latency_repeats),
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=num_gpus,
+    )
+
+
+def _one_run(
+    train_config: str, overrides: list[str], config_yaml: str, device: str, latency_repeats: int
+) -> dict[str, Any]:
+    """One training of the bench (here or on a Ray worker), then its row."""
+    train_cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(config_yaml))
+    run_dir = Path(train_cfg.run_dir)
     start = time.perf_counter()
     result = train_bc(train_cfg)
     minutes = (time.perf_counter() - start) / 60
-    rows = [json.loads(x) for x in (out / spec.name / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train/samples_per_s" in r]
     summary = result["eval"]
     return {
-        "train_config": spec.train_config,
-        "overrides": list(spec.overrides),
+        "train_config": train_config,
+        "overrides": overrides,
         "dataset": train_cfg.task.dataset,
         "obs_type": train_cfg.task.env_kwargs.get("obs_type", "state"),
         "policy": f"{train_cfg.policy.type}-{train_cfg.policy.backbone}",
@@ -109,7 +144,7 @@ def _one_run(spec: BCRun, cfg: Config, out: Path) -> dict[str, Any]:
         "n": summary["n_episodes"],
         "seeds": f"{summary['seeds'][0]}..{summary['seeds'][-1]}",
         "checkpoint": result["checkpoint"],
-        **_chunk_latency(load_policy(result["checkpoint"]).to(cfg.device), cfg.latency_repeats),
+        **_chunk_latency(load_policy(result["checkpoint"]).to(device), latency_repeats),
     }
 
 
@@ -264,6 +299,16 @@ def _report(results: dict[str, Any]) -> str:
             "",
             markdown_table(headers, rows),
             "",
+            *(
+                [
+                    "Trained as Ray tasks (`executor=ray`): runs side by side share their "
+                    "machine, so their minutes and samples/s are slower than one run alone.",
+                    "",
+                ]
+                if results.get("executor") == "ray"
+                else []
+            ),
+            *failure_lines({"bc": results}),
             "![bc](bc.png)",
             "",
             "## Speed per backbone (Lift shapes, shipped CPU sizes, batch 256 / batch 1)",

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from robopolicy.bench.jobs import local_only
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import load_policy, read_config, resolve_checkpoint
@@ -53,9 +54,11 @@ class Config:
     load_clients: int = 8
     load_seconds: float = 60.0
     out_root: str = "runs/bench"
+    executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    local_only(cfg.executor, "deploy")
     torch.set_num_threads(cfg.server_threads)  # in-process reference on the same footing
     out = new_run_dir(cfg.out_root, "deploy")
     checkpoint = str(

@@ -11,11 +11,15 @@ and the dynamics error (MuJoCo replay of each transition).
 Two diagnostic arms can be added (``arms``): ``unguided_oracle`` and ``guided_oracle`` keep the
 generated states and actions but take next state, reward and termination from the simulator,
 separating the model's dynamics error from what guidance does to the state-action distribution.
+
+``executor=ray`` runs each dataset's arms and seeds as Ray tasks (``ray.*`` as in
+``bench residual``); a run that fails is reported and the others finish.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +28,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
+from robopolicy.bench.jobs import failure_lines, run_jobs, run_resources  # noqa: E402
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.config import CONFIG_DIR, load_config, to_dict
+from robopolicy.distributed import RayConfig
+from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
@@ -72,12 +80,15 @@ class Config:
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     synth_overrides: list[str] = field(default_factory=list)  # applied to model training
     out_root: str = "runs/bench"
+    executor: str = "local"  # local: the runs one after the other here; ray: as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def run(cfg: Config) -> dict[str, Any]:
     unknown = sorted(set(cfg.arms) - set(ARMS))
     if unknown:
         raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
+    executor = make_executor(cfg.executor, cfg.ray)  # checked, and joined, before any work
     out = new_run_dir(cfg.out_root, cfg.suite)
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -100,13 +111,13 @@ def run(cfg: Config) -> dict[str, Any]:
             "runs": {},
         }
         results["datasets"][ds.name] = entry
-        for arm in cfg.arms:
-            for seed in cfg.seeds:
-                print(f"[bench pgd] {ds.name} {arm} seed {seed}")
-                entry["runs"][f"{arm}/seed{seed}"] = _one_run(
-                    cfg, ds, data_path, model, arm, seed, out / ds.name / arm / f"seed{seed}"
-                )
-                write_results(out, results, _report(results))
+        jobs = [
+            _run_job(cfg, ds, data_path, model, arm, seed, out / ds.name / arm / f"seed{seed}")
+            for arm in cfg.arms
+            for seed in cfg.seeds
+        ]
+        save = partial(_save, out, results)
+        run_jobs(cfg.suite, executor, jobs, {ds.name: entry}, save)
         guided = [r for k, r in entry["runs"].items() if k.startswith("guided/")]
         if guided and cfg.check_trajectories:
             entry["synthetic_check"] = _compare_synthetic(
@@ -145,7 +156,12 @@ def _train_model(ds: Dataset, data_path: str, out: Path, overrides: list[str]) -
     return Path(train_trajectory_model(synth_cfg)["run_dir"])
 
 
-def _one_run(cfg, ds, data_path, model, arm, seed, run_dir) -> dict[str, Any]:
+def _save(out: Path, results: dict[str, Any]) -> None:
+    write_results(out, results, _report(results))
+
+
+def _run_job(cfg, ds, data_path, model, arm, seed, run_dir) -> Job:
+    """One arm and seed as a job, its config built (and checked) here."""
     overrides = [f"dataset={data_path}", f"run_dir={run_dir}", f"seed={seed}"]
     overrides += [f"steps={cfg.steps}"] if cfg.steps else []
     if arm == "real":
@@ -155,6 +171,21 @@ def _one_run(cfg, ds, data_path, model, arm, seed, run_dir) -> dict[str, Any]:
         overrides += [f"synthetic.model={model}", f"synthetic.guidance={guidance}"]
         overrides += [f"synthetic.relabel_with_simulator={arm.endswith('_oracle')}"]
     off_cfg = load_config(CONFIG_DIR / ds.offline_config, OfflineConfig, overrides + cfg.overrides)
+    num_gpus, off_cfg.num_threads = run_resources(  # offline runs are CPU runs
+        cfg.executor, cfg.ray, "cpu", off_cfg.num_threads
+    )
+    return Job(
+        f"{ds.name}/{arm}/seed{seed}",
+        _offline_run,
+        (OmegaConf.to_yaml(off_cfg), arm, seed),
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=num_gpus,
+    )
+
+
+def _offline_run(config_yaml: str, arm: str, seed: int) -> dict[str, Any]:
+    """One offline run of the bench (in this process or on a Ray worker), then its row."""
+    off_cfg = OmegaConf.merge(OmegaConf.structured(OfflineConfig), OmegaConf.create(config_yaml))
     result = train_offline(off_cfg)
     final = result["final"]
     return {
@@ -288,4 +319,4 @@ def _report(results: dict) -> str:
                 "",
             ]
         lines += [f"![{name}]({name}.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + failure_lines(results["datasets"]))

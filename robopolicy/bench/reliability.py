@@ -48,6 +48,7 @@ from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from robopolicy.bench.deploy import _free_port, _history, _wait_until_up
+from robopolicy.bench.jobs import local_only
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.bench.resume_exactness import bc_resume_exactness, rl_resume_exactness
 from robopolicy.bench.training import train_checkpoint
@@ -81,6 +82,7 @@ class Config:
     # residual, dsrl_sac, dsrl_na: on the bench's checkpoint as the frozen base)
     resume_methods: list[str] = field(default_factory=lambda: ["scratch", "residual"])
     only: list[str] = field(default_factory=list)  # section names to run (default: all)
+    executor: str = "local"  # its servers and clients share this machine: local only
     out_root: str = "runs/bench"
 
 
@@ -100,6 +102,7 @@ Section = Callable[[Context], dict[str, Any]]
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    local_only(cfg.executor, "reliability")
     names = [section.__name__ for section in sections()]
     unknown = sorted(set(cfg.only) - set(names))
     if unknown:

@@ -17,6 +17,11 @@ asks for), one without starts, a base it was training is finished from its newes
 and the base evals made before are read back. Runs of the earlier results that this bench does
 not select stay in its report. Wall times are whole runs', summed over the processes whose work
 led to the final checkpoint (runs whose checkpoints predate the clock have none: "n/a").
+
+``executor=ray`` hands the runs (every task's methods and seeds) to Ray as independent tasks,
+``ray.num_cpus`` / ``ray.num_gpus`` each, on this machine or a cluster (``ray.address``); the
+bases and their evals stay in this process. Either way a run that fails is reported with its
+error in results.json and the report, and the other runs finish.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
+from robopolicy.bench.jobs import failure_lines, run_jobs, run_resources
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.checkpoint import (
     CheckpointError,
@@ -43,6 +51,8 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config, to_dict
 from robopolicy.device import resolve_device
+from robopolicy.distributed import RayConfig, check_executor
+from robopolicy.distributed.executor import Executor, Job, make_executor
 from robopolicy.files import atomic_save_figure
 from robopolicy.rl.config import BASE_METHODS, FinetuneConfig
 from robopolicy.rl.finetune import finetune
@@ -84,6 +94,8 @@ class Config:
     base_draws: int = 0
     out_root: str = "runs/bench"
     resume: str = ""  # an interrupted bench's folder (runs/bench/<suite>/<time>) to go on with
+    executor: str = "local"  # local: the runs one after the other here; ray: as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # the settings a resumed bench must share with the bench it goes on with
@@ -101,8 +113,10 @@ def run(cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"methods: {unknown} not in this suite's methods {sorted(known)}")
     if cfg.base_draws < 0:
         raise ConfigError(f"base_draws must be >= 0, got {cfg.base_draws}")
+    check_executor(cfg.executor, cfg.ray)
     earlier = [_read_results(source) for source in cfg.previous]  # fail before any work
-    _check_devices(cfg)
+    executor = make_executor(cfg.executor, cfg.ray)  # joins the cluster before any work
+    _check_devices(cfg, executor)
     out, before = _resumed_folder(cfg) if cfg.resume else (new_run_dir(cfg.out_root, cfg.suite), {})
     results: dict[str, Any] = {
         "suite": cfg.suite,
@@ -124,12 +138,18 @@ def run(cfg: Config) -> dict[str, Any]:
         },
         "tasks": dict(before.get("tasks", {})),  # a resumed bench keeps what it does not rerun
     }
-    for task in [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]:
+    tasks = [t for t in cfg.tasks if not cfg.only or t.name in cfg.only]
+    jobs: list[Job] = []
+    for task in tasks:
         # an earlier bench's base, when this task has none: its runs then stay comparable
         base = task.base or _earlier_base(earlier, task.name) or _train_base(task, out)
         run_here = [m for m in task.methods if not cfg.methods or m in cfg.methods]
         kept = results["tasks"].get(task.name, {}).get("runs", {})
         entry: dict[str, Any] = {"base": str(base), "runs": dict(kept)}
+        rerun = {f"{label}/seed{seed}" for label in run_here for seed in cfg.seeds}
+        failed_before = results["tasks"].get(task.name, {}).get("failed", {})
+        if any(key not in rerun for key in failed_before):
+            entry["failed"] = {k: v for k, v in failed_before.items() if k not in rerun}
         digest = _weights_digest(base, f"task {task.name!r}") if earlier else None
         for path, bench in earlier:
             for key, run in _previous_runs(path, bench, task.name, digest, run_here).items():
@@ -153,17 +173,21 @@ def run(cfg: Config) -> dict[str, Any]:
             if label not in run_here:
                 continue
             for seed in cfg.seeds:
-                print(f"[bench {cfg.suite}] {task.name} {label} seed {seed}")
-                entry["runs"][f"{label}/seed{seed}"] = _one_run(
-                    cfg, config, base, seed, out / task.name / label / f"seed{seed}"
-                )
-                write_results(out, results, _report(results))  # keep finished runs
-        _plot(task.name, entry, cfg, out / f"{task.name}.png")
+                run_dir = out / task.name / label / f"seed{seed}"
+                jobs.append(_run_job(cfg, task.name, label, config, base, seed, run_dir))
+    save = partial(_save, out, results)
+    run_jobs(cfg.suite, executor, jobs, results["tasks"], save)
+    for task in tasks:
+        _plot(task.name, results["tasks"][task.name], cfg, out / f"{task.name}.png")
     write_results(out, results, _report(results))
     print(f"[bench {cfg.suite}] wrote {out}/report.md")
     for line in _summary_rows(results):
         print("  " + " | ".join(str(c) for c in line))
     return results
+
+
+def _save(out: Path, results: dict[str, Any]) -> None:
+    write_results(out, results, _report(results))
 
 
 def _seeded_eval(base: Path | str, cfg: Config, out: Path, sampler_seed: int) -> dict[str, Any]:
@@ -295,21 +319,46 @@ def _train_base(task: Task, out: Path) -> Path:
     return resolve_checkpoint(train_bc(train_cfg)["checkpoint"])
 
 
-def _check_devices(cfg: Config) -> None:
-    """A method config that needs a GPU this machine lacks fails now, not after the base is
-    trained and the other methods have run."""
+def _check_devices(cfg: Config, executor: Executor) -> None:
+    """A method config that needs a GPU this machine (or, on Ray, every node of the cluster)
+    lacks fails now, not after the base is trained and the other methods have run."""
     for task in cfg.tasks:
         for label, config in task.methods.items():
             if cfg.methods and label not in cfg.methods:
                 continue
             device = load_config(CONFIG_DIR / config, FinetuneConfig, list(cfg.overrides)).device
+            what = f"{task.name} {label} ({config})"
+            if cfg.executor == "ray":  # the runs' GPUs are the cluster's, not this machine's
+                num_gpus, _ = run_resources(cfg.executor, cfg.ray, device, 1)
+                executor.check(cfg.ray.num_cpus, num_gpus, what)
+                continue
             try:
                 resolve_device(device)
             except ConfigError as err:
-                raise ConfigError(f"{task.name} {label} ({config}): {err}") from err
+                raise ConfigError(f"{what}: {err}") from err
 
 
-def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path) -> dict:
+def _run_job(
+    cfg: Config, task: str, label: str, config: str, base: Path | str, seed: int, run_dir: Path
+) -> Job:
+    """One run as a job, its config built and checked here (a resumed run against the one it
+    goes on with), so bad input stops the bench before any run starts."""
+    ft_cfg = _run_config(cfg, config, base, seed, run_dir)
+    num_gpus, ft_cfg.num_threads = run_resources(
+        cfg.executor, cfg.ray, ft_cfg.device, ft_cfg.num_threads
+    )
+    return Job(
+        f"{task}/{label}/seed{seed}",
+        _finetune_run,
+        (OmegaConf.to_yaml(ft_cfg), config, seed, cfg.target),
+        num_cpus=cfg.ray.num_cpus,
+        num_gpus=num_gpus,
+    )
+
+
+def _run_config(
+    cfg: Config, config: str, base: Path | str, seed: int, run_dir: Path
+) -> FinetuneConfig:
     overrides = [
         f"run_dir={run_dir}",
         f"seed={seed}",
@@ -324,11 +373,17 @@ def _one_run(cfg: Config, config: str, base: Path | str, seed: int, run_dir: Pat
         ft_cfg.base = str(base)
     if saved_steps(run_dir):  # an interrupted (or finished) run of the bench resumed here
         ft_cfg.resume = str(_resumable(run_dir, ft_cfg))
+    return ft_cfg
+
+
+def _finetune_run(config_yaml: str, config: str, seed: int, target: float) -> dict:
+    """One run of the bench (in this process or on a Ray worker): finetune, then its row."""
+    ft_cfg = OmegaConf.merge(OmegaConf.structured(FinetuneConfig), OmegaConf.create(config_yaml))
     result = finetune(ft_cfg)
     history = result["history"]
     # the step-0 eval is the untrained starting point: reaching the target needs learning
     reached = next(
-        (r["env_steps"] for r in history if r["env_steps"] > 0 and r["success_rate"] >= cfg.target),
+        (r["env_steps"] for r in history if r["env_steps"] > 0 and r["success_rate"] >= target),
         None,
     )
     final = result["final"]
@@ -504,6 +559,7 @@ def _report(results: dict) -> str:
             "",
             *_sources(results),
             *_unclocked(results),
+            *failure_lines(results["tasks"]),
         ]
     )
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from robopolicy.bench.jobs import local_only
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.files import atomic_save_figure
@@ -42,9 +43,11 @@ class Config:
     num_envs: int = 8
     latency_episodes: int = 2
     out_root: str = "runs/bench"
+    executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    local_only(cfg.executor, "rti")
     if cfg.reference not in cfg.schemes:
         raise ValueError(f"bench rti: reference {cfg.reference!r} is not one of the schemes")
     out = new_run_dir(cfg.out_root, "rti")

@@ -27,6 +27,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from robopolicy.bench.jobs import local_only
 from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
 from robopolicy.files import atomic_save_figure
 from robopolicy.sim.agents import ExpertAgent
@@ -52,9 +53,11 @@ class Config:
     render_frames: int = 300
     image_size: int = 84
     out_root: str = "runs/bench"
+    executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    local_only(cfg.executor, "sim")
     out = new_run_dir(cfg.out_root, "sim")
     results: dict[str, Any] = {"suite": "sim", "machine": machine_info(), "tasks": {}}
     stages = _stages(cfg)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,11 @@ class Setup:
     discrete_dims: tuple[int, ...] = ()  # open/close action dims of the env
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+def finetune(
+    cfg: FinetuneConfig, on_eval: Callable[[int, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one RL run. ``on_eval(env_steps, summary)`` hears of every eval as it
+    is made (a sweep reports them to its scheduler, which may stop the run early)."""
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
         cfg = _resumed_config(cfg, resume_from)
@@ -164,6 +169,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         history.append(row)
         logger.log(counters["env_steps"], "eval", eval_metrics(summary))
         progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
+        if on_eval is not None:
+            on_eval(counters["env_steps"], summary)
         return summary
 
     try:

@@ -18,11 +18,14 @@ import torch
 from tqdm import tqdm
 
 from robopolicy.config import ConfigError, load_config, to_dict
+from robopolicy.distributed import RayConfig, check_executor
+from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig, describe
 from robopolicy.inference.guard import ObsGuardConfig
 from robopolicy.sim.agents import Agent, ExpertAgent, GuardedAgent, PolicyAgent
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
+from robopolicy.sim.shards import merge, shard_sizes
 from robopolicy.sim.stats import wilson_interval
 from robopolicy.sim.vector import make_vector_env
 from robopolicy.sim.video import write_mp4
@@ -158,6 +161,11 @@ class EvalConfig:
     device: str = "cpu"
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     obs_guard: ObsGuardConfig = field(default_factory=ObsGuardConfig)
+    # more episodes than this are evaluated in shards of this many, each with its own seeds
+    # (see sim/shards.py): the same figures locally and on Ray workers (0: one shard)
+    episodes_per_job: int = 100
+    executor: str = "local"  # local | ray: the shards as Ray tasks
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
@@ -244,6 +252,9 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         "device": cfg.device,
     }
     _refuse_other_results(Path(out_dir), settings)
+    if cfg.executor != "local" or len(shard_sizes(cfg.n_episodes, cfg.episodes_per_job)) > 1:
+        shards = evaluate_in_shards(cfg, env_id, env_kwargs, out_dir, settings)
+        return {**shards, "out_dir": out_dir}
     summary = evaluate(
         env_id,
         agent,
@@ -285,3 +296,67 @@ def _refuse_other_results(out_dir: Path, settings: dict[str, Any]) -> None:
         f"eval: {existing} holds the results of another eval (settings that differ: "
         f"{', '.join(differ)}); set out_dir=<new folder>, or remove it"
     )
+
+
+# ---- an eval in shards (sim/shards.py), locally or on Ray workers ------------------------------
+def evaluate_in_shards(
+    cfg, env_id: str, env_kwargs: dict, out_dir: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The eval of ``cfg`` (an ``EvalConfig``) over its shards; the first shard writes the
+    video, the merged summary (with the eval's ``settings``) goes to ``out_dir/eval.json``."""
+    check_executor(cfg.executor, cfg.ray)
+    sizes = shard_sizes(cfg.n_episodes, cfg.episodes_per_job)
+    sampler = cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
+    num_gpus = cfg.ray.num_gpus
+    if num_gpus is None:
+        num_gpus = 1.0 if cfg.executor == "ray" and cfg.device.startswith("cuda") else 0.0
+    agent = {
+        "checkpoint": cfg.checkpoint,
+        "noise": cfg.noise,
+        "device": cfg.device,
+        "execution": to_dict(cfg.execution),
+        "obs_guard": to_dict(cfg.obs_guard),
+    }
+    jobs, offset = [], 0
+    for k, size in enumerate(sizes):
+        shard = {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "n_episodes": size,
+            "seed": cfg.seed + offset,
+            "sampler_seed": sampler + offset,
+            "num_envs": cfg.num_envs,
+            "out_dir": out_dir if k == 0 else None,  # the video of the first episodes
+            "video_episodes": cfg.video_episodes if k == 0 else 0,
+        }
+        jobs.append(Job(f"shard{k}", _shard, (agent, shard), cfg.ray.num_cpus, num_gpus))
+        offset += size
+    start = time.perf_counter()
+    outcomes = {o.key: o for o in make_executor(cfg.executor, cfg.ray).run(jobs)}
+    failed = [f"{key}: {o.error}" for key, o in sorted(outcomes.items()) if not o.ok]
+    if failed:
+        raise RuntimeError(
+            f"eval: {len(failed)} of {len(jobs)} shards failed; " + "; ".join(failed)
+        )
+    summary = merge([outcomes[job.key].value for job in jobs])
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["shards"] = len(jobs)
+    summary["settings"] = settings
+    atomic_write_json(Path(out_dir) / "eval.json", summary)
+    return summary
+
+
+def _shard(agent: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
+    """One shard's eval (run by the executor, maybe on a Ray worker): the agent built there,
+    from its checkpoint."""
+    if agent["checkpoint"] is not None:
+        from robopolicy.checkpoint import read_config, resolve_checkpoint
+        from robopolicy.inference.execution import ExecutionConfig
+
+        path = resolve_checkpoint(agent["checkpoint"])
+        execution = ExecutionConfig(**agent["execution"])
+        built = checkpoint_agent(path, read_config(path), agent["device"], execution)
+    else:
+        built = ExpertAgent(agent["noise"])
+    guard = ObsGuardConfig(**agent["obs_guard"])
+    return evaluate(agent=built, progress=False, obs_guard=guard, **shard)

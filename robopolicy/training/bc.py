@@ -16,6 +16,7 @@ import copy
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,12 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def train_bc(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a BC policy; return the final evaluation summary and paths."""
+def train_bc(
+    cfg: TrainConfig, on_eval: Callable[[int, dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a BC policy; return the final evaluation summary and paths.
+    ``on_eval(step, summary)`` hears of every eval as it is made (a sweep reports them to its
+    scheduler, which may stop the run early)."""
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:  # the run's own settings, threads included: an exact resume
         cfg = resumed_config(cfg, resume_from, TrainConfig, RESUMABLE, derived=("shapes",))
@@ -199,6 +204,8 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
             ):
                 summary = run_eval(cfg.loop.eval_episodes, None)
                 logger.log(step, "eval", eval_metrics(summary))
+                if on_eval is not None:
+                    on_eval(step, summary)
                 policy.train()
             if dist_info.is_main and (step % cfg.loop.save_every == 0 or step == cfg.optim.steps):
                 last_good = save(last_metrics)
@@ -220,6 +227,8 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
             summary = run_eval(cfg.loop.final_eval_episodes, run_dir / "eval")
             logger.log(step, "eval", eval_metrics(summary))
             result["eval"] = summary
+            if on_eval is not None:
+                on_eval(step, summary)
             print(summary_line(summary))
     logger.close()
     shutdown_distributed(dist_info)
