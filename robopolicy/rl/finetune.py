@@ -183,7 +183,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return _result(run, final)
 
 
-# ---- setup ------------------------------------------------------------------------------------
+# ---- setup ---------------------------------------------------------------------------------------
 def _resolve_resume(cfg: FinetuneConfig) -> Resume | None:
     """``cfg.resume`` read once (None for a new run): every later step uses what it holds."""
     if not cfg.resume:
@@ -256,7 +256,7 @@ def _build(cfg: FinetuneConfig, resume: Resume | None) -> Run:
     )
 
 
-# ---- the loop -----------------------------------------------------------------------------------
+# ---- the loop ------------------------------------------------------------------------------------
 def _train_loop(run: Run) -> None:
     """Act, store the transition, learn; log, evaluate and save on env-step boundaries; until
     the budget of env steps is spent."""
@@ -394,7 +394,7 @@ def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
     return resumed
 
 
-# ---- the method's pieces ---------------------------------------------------------------------
+# ---- the method's pieces -------------------------------------------------------------------------
 def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
     if cfg.method == "scratch":
         env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
@@ -531,7 +531,7 @@ def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
 
 
-# ---- bookkeeping --------------------------------------------------------------------------------
+# ---- bookkeeping ---------------------------------------------------------------------------------
 def _crossed(before: int, now: int, every: int) -> bool:
     return every > 0 and before // every != now // every
 
