@@ -155,16 +155,18 @@ def _cmd_synth(args: argparse.Namespace) -> None:
             f"-> {result['checkpoint']}"
         )
         return
+    from robopolicy.offline.agents import load_offline_agent
     from robopolicy.synth.commands import GenerateConfig, run_generate, summary
 
     cfg = load_config(None, GenerateConfig, [f"model={args.target}", *args.overrides])
-    print(summary(run_generate(cfg, write=args.action == "generate")))
+    write = args.action == "generate"
+    print(summary(run_generate(cfg, write, load_policy=load_offline_agent)))
 
 
 def _cmd_offline(args: argparse.Namespace) -> None:
     from robopolicy.config import load_config
-    from robopolicy.rl.offline_train import train_offline
-    from robopolicy.synth.config import OfflineConfig
+    from robopolicy.offline.config import OfflineConfig
+    from robopolicy.offline.train import train_offline
 
     result = train_offline(load_config(args.config, OfflineConfig, args.overrides))
     final = result["final"]

@@ -25,7 +25,7 @@ SCHEMAS = {
     ("eval",): "robopolicy.sim.evaluate:EvalConfig",
     ("offline-data",): "robopolicy.synth.make_data:OfflineDataConfig",
     ("synth", "train"): "robopolicy.synth.config:SynthConfig",
-    ("offline",): "robopolicy.synth.config:OfflineConfig",
+    ("offline",): "robopolicy.offline.config:OfflineConfig",
 }
 
 

@@ -68,3 +68,15 @@ def test_robopolicy_imports_have_no_circle():
     assert "robopolicy.rl.finetune" in graph and graph["robopolicy.rl.finetune"]
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_synth_never_imports_offline_rl():
+    """DESIGN: offline/ draws synthetic batches from synth/; guidance knows the agent only as a
+    ``TargetPolicy``, so no synth/ module may import offline/ (directly or deferred)."""
+    graph = import_graph()
+    synth = {m for m in graph if m.startswith("robopolicy.synth")}
+    assert synth and any(m.startswith("robopolicy.offline.") for m in graph)
+    offending = {
+        m: sorted(t for t in graph[m] if t.startswith("robopolicy.offline")) for m in synth
+    }
+    assert not {m: t for m, t in offending.items() if t}, offending

@@ -13,11 +13,12 @@ import torch
 
 from robopolicy.cli import main
 from robopolicy.config import load_config
+from robopolicy.offline.agents import OfflineAgent, OfflineAgentConfig, load_offline_agent
+from robopolicy.offline.config import OfflineConfig
+from robopolicy.offline.train import train_offline
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
-from robopolicy.rl.offline import OfflineAgent, OfflineAgentConfig, load_offline_agent
-from robopolicy.rl.offline_train import train_offline
-from robopolicy.synth.config import OfflineConfig, SamplerConfig, SynthConfig
+from robopolicy.synth.config import SamplerConfig, SynthConfig
 from robopolicy.synth.dynamics import dynamics_error, relabel_with_simulator
 from robopolicy.synth.edm import EDMConfig, heun_sample
 from robopolicy.synth.generate import generate

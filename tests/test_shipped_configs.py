@@ -9,10 +9,11 @@ import pytest
 
 from robopolicy.bench import SUITES
 from robopolicy.config import CONFIG_DIR, load_config
+from robopolicy.offline.config import OfflineConfig
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.sim.collect import CollectConfig
 from robopolicy.sim.evaluate import EvalConfig
-from robopolicy.synth.config import OfflineConfig, SynthConfig
+from robopolicy.synth.config import SynthConfig
 from robopolicy.synth.make_data import OfflineDataConfig
 from robopolicy.training.config import TrainConfig
 

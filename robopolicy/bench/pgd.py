@@ -36,11 +36,12 @@ from robopolicy.config import CONFIG_DIR, load_config, to_dict
 from robopolicy.distributed import RayConfig
 from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_save_figure
+from robopolicy.offline.agents import load_offline_agent
+from robopolicy.offline.config import OfflineConfig
+from robopolicy.offline.train import train_offline
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
-from robopolicy.rl.offline import load_offline_agent
-from robopolicy.rl.offline_train import train_offline
-from robopolicy.synth.config import OfflineConfig, SamplerConfig, SynthConfig
+from robopolicy.synth.config import SamplerConfig, SynthConfig
 from robopolicy.synth.generate import generate, inspect_synthetic, mean_log_likelihood
 from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
 from robopolicy.synth.model import load_trajectory_model

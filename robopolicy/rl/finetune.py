@@ -3,7 +3,9 @@
 One loop, read top to bottom: act (warm-up actions first), step the vector env, store the
 transition, do ``updates_per_step`` gradient updates per agent step (an env step; for DSRL an
 executed chunk; critic only for the first ``critic_warmup_updates``), and evaluate, log and
-checkpoint on env-step boundaries.
+checkpoint on env-step boundaries. ``finetune`` itself is four steps: ``_resolve_resume`` reads
+a resume's checkpoint once, ``_build`` sets everything up (and only then makes the run's
+folder), ``_train_loop`` is that loop, and ``_finish`` runs the final eval and saves.
 
 Resuming goes on with the run's saved config (``RESUMABLE`` lists what a resume may change)
 and restores the learner, its optimisers, the online replay, the counters (with the run's wall
@@ -19,7 +21,7 @@ import copy
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,10 @@ from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
 from robopolicy.rl.config import RESUMABLE, FinetuneConfig, validate_finetune_config
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
-from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, seed_stream
+from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, Step, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
-from robopolicy.rl.run_record import finished_result, saved_history
+from robopolicy.rl.run_record import finished_result, recorded_history
 from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
@@ -74,42 +76,160 @@ class Setup:
     discrete_dims: tuple[int, ...] = ()  # open/close action dims of the env
 
 
+@dataclass
+class Resume:
+    """The checkpoint a run goes on from, resolved once: where it is, the config the run goes on
+    with and its meta (the env step it reached). Its training state is read by ``_build`` when
+    the run restores it, and not kept: the replay in it is copied into the run's own buffer."""
+
+    checkpoint: Path
+    cfg: FinetuneConfig  # the run's saved config with the RESUMABLE settings given now
+    meta: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.meta["step"] >= self.cfg.env_steps
+
+    def training_state(self) -> dict[str, Any]:
+        return load_training_state(self.checkpoint)
+
+
+class TrainingEpisodes:
+    """The training episodes' statistics for the logs (exploration noise included): the
+    (success, return) of the latest that ended and the running sums of those under way. Saved
+    with each checkpoint, so a resumed run logs as if never stopped."""
+
+    def __init__(self, num_envs: int, saved: dict[str, Any] | None = None) -> None:
+        self.recent: deque[tuple[bool, float]] = deque(maxlen=20)
+        self.running_return = np.zeros(num_envs)
+        self.running_success = np.zeros(num_envs, dtype=bool)
+        if saved is not None:
+            self.recent.extend((bool(s), float(r)) for s, r in saved["recent"])
+            self.running_return[:] = saved["running_return"]
+            self.running_success[:] = saved["running_success"]
+
+    def record(self, step: Step) -> None:
+        self.running_return += step.reward.numpy()
+        self.running_success |= step.success
+        ended = step.terminated | step.truncated
+        for i in np.flatnonzero(ended):
+            self.recent.append((bool(self.running_success[i]), float(self.running_return[i])))
+        self.running_return[ended] = 0.0
+        self.running_success[ended] = False
+
+    def summary(self) -> dict[str, float]:
+        """Success rate and mean return of the latest episodes; empty before one has ended."""
+        if not self.recent:
+            return {}
+        return {
+            "success_rate": float(np.mean([s for s, _ in self.recent])),
+            "return": float(np.mean([r for _, r in self.recent])),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "recent": list(self.recent),
+            "running_return": self.running_return.tolist(),
+            "running_success": self.running_success.tolist(),
+        }
+
+
+@dataclass
+class Run:
+    """What one process works with, from ``_build`` to ``_finish``: the method's pieces, the
+    counters and records that a checkpoint saves, and where the run writes."""
+
+    cfg: FinetuneConfig
+    setup: Setup
+    envs: Any  # gymnasium's vector env
+    mdp: MDP
+    learner: Learner
+    online: ReplayBuffer
+    # seconds: the run's wall clock at the last save, summed over the processes whose work led
+    # to that checkpoint (None when resumed from a checkpoint saved before runs kept it)
+    counters: dict[str, Any]
+    running: dict[str, Any] | None  # the episodes a resume goes on with (``MDP.restore``'s)
+    run_dir: Path
+    logger: RunLogger
+    episodes: TrainingEpisodes
+    history: list[dict[str, Any]]  # the evals so far (a resumed run's, from the start)
+    last_checkpoint: Path | None
+    progress: tqdm
+    started: float = field(default_factory=time.perf_counter)  # this process's clock
+    start_env_steps: int = 0  # 0, or where a resumed run went on
+    start_seconds: float | None = 0.0  # the run's clock at that point
+    # hears of every eval as it is made: a sweep reports them to its scheduler, which may stop
+    # the run early
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None
+
+    def close(self) -> None:
+        self.progress.close()
+        self.envs.close()
+        self.logger.close()
+
+
 def finetune(
     cfg: FinetuneConfig, on_eval: Callable[[int, dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """Run (or resume) one RL run. ``on_eval(env_steps, summary)`` hears of every eval as it
     is made (a sweep reports them to its scheduler, which may stop the run early)."""
-    resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
-    if resume_from is not None:
-        cfg = _resumed_config(cfg, resume_from)
-        if read_meta(resume_from)["step"] >= cfg.env_steps:
-            print(f"[finetune] {resume_from} already ran the budget of {cfg.env_steps} env steps")
-            with restoring(resume_from):
-                return finished_result(resume_from)
+    resume = _resolve_resume(cfg)
+    if resume is not None:
+        cfg = resume.cfg
+        if resume.finished:
+            budget = cfg.env_steps
+            print(f"[finetune] {resume.checkpoint} already ran the budget of {budget} env steps")
+            with restoring(resume.checkpoint):
+                return finished_result(resume.checkpoint)
     validate_finetune_config(cfg)
+    run = _build(cfg, resume)
+    run.on_eval = on_eval
+    try:
+        _train_loop(run)
+        final = _finish(run)
+    finally:
+        run.close()
+    return _result(run, final)
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+def _resolve_resume(cfg: FinetuneConfig) -> Resume | None:
+    """``cfg.resume`` read once (None for a new run): every later step uses what it holds."""
+    if not cfg.resume:
+        return None
+    checkpoint = resolve_checkpoint(cfg.resume)
+    return Resume(checkpoint, _resumed_config(cfg, checkpoint), read_meta(checkpoint))
+
+
+def _build(cfg: FinetuneConfig, resume: Resume | None) -> Run:
+    """The base, the envs, the method's MDP and learner and the replay, restored from the
+    checkpoint on a resume; the run's folder is made only once all of them stand."""
+    checkpoint = resume.checkpoint if resume is not None else None
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # cuda:N: its RNG state and streams are the current ones
-    run_dir = plan_run_dir(cfg.run_dir, cfg.name, resume_from)
+    run_dir = plan_run_dir(cfg.run_dir, cfg.name, checkpoint)
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg, device)
 
     # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
     asynchronous = not cfg.method.startswith("dsrl")
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
-    # seconds: the run's wall clock at the last save, summed over the processes whose work led
-    # to that checkpoint (None when resumed from a checkpoint saved before runs kept it)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0, "seconds": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
         learner = _make_learner(cfg, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
-        running = None
-        if resume_from is not None:
-            with restoring(resume_from):
-                running = _restore(resume_from, learner, online, counters)
+        running: dict[str, Any] | None = None
+        history: list[dict[str, Any]] = []
+        if resume is not None:
+            with restoring(resume.checkpoint):
+                state = resume.training_state()
+                running = _restore(state, learner, online, counters)
+            # the evals that led to the checkpoint: a resumed run reports the whole run
+            history = recorded_history(resume.checkpoint, state)
         _hand_gripper_to_critic(cfg, mdp, learner, counters)
         mdp.episodes = counters["episodes"]
         mdp.seeds = seed_stream((cfg.seed + 1) * TRAIN_SEED_STRIDE + counters["episodes"])
@@ -119,156 +239,159 @@ def finetune(
     # Everything above checked the settings, the base and the data: only now a folder.
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
-    logger = RunLogger(run_dir, enabled=True, resumed_at=resumed_in_place(run_dir, resume_from))
-    recent = deque(maxlen=20)  # (success, return) of the latest training episodes
-    running_return = np.zeros(cfg.num_envs)
-    running_success = np.zeros(cfg.num_envs, dtype=bool)
-    if running is not None:
-        recent.extend((bool(s), float(r)) for s, r in running["plain"]["recent"])
-        running_return[:] = running["plain"]["running_return"]
-        running_success[:] = running["plain"]["running_success"]
-    last_checkpoint: Path | None = resume_from
-    history = saved_history(resume_from) if resume_from is not None else []
+    logger = RunLogger(run_dir, enabled=True, resumed_at=resumed_in_place(run_dir, checkpoint))
+    return Run(
+        cfg,
+        setup,
+        envs,
+        mdp,
+        learner,
+        online,
+        counters,
+        running,
+        run_dir,
+        logger,
+        episodes=TrainingEpisodes(cfg.num_envs, running["plain"] if running else None),
+        history=history,
+        last_checkpoint=checkpoint,
+        progress=tqdm(
+            total=cfg.env_steps,
+            initial=counters["env_steps"],
+            desc=f"finetune {cfg.name}",
+            unit="step",
+        ),
+        start_env_steps=counters["env_steps"],
+        start_seconds=counters["seconds"],
+    )
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+def _train_loop(run: Run) -> None:
+    """Act, store the transition, learn; log, evaluate and save on env-step boundaries; until
+    the budget of env steps is spent."""
+    cfg, mdp, learner, online, counters = run.cfg, run.mdp, run.learner, run.online, run.counters
+    if counters["env_steps"] == 0 and cfg.eval_every:
+        _evaluate(run, cfg.eval_episodes)  # the starting point: the base policy (or random)
+    # a resumed run goes on with the episodes that were running (replayed), as if never
+    # stopped; checkpoints saved before runs kept them start new ones
+    state = mdp.restore(**run.running["mdp"]) if run.running else mdp.reset()
     update_metrics: dict[str, float] = {}
-    start, start_steps, start_seconds = (
-        time.perf_counter(),
-        counters["env_steps"],
-        counters["seconds"],
-    )
+    while counters["env_steps"] < cfg.env_steps:
+        # ---- act ----------------------------------------------------------------------------
+        if counters["env_steps"] < cfg.warmup_steps:
+            action = _warmup_action(cfg, state.shape[0], mdp.action_dim)
+        else:
+            action = learner.act(state, explore=True)
+        step = mdp.step(action)
+        try:
+            online.add(
+                state,
+                step.critic_action,
+                step.reward + cfg.reward_offset,
+                step.next_state,
+                torch.as_tensor(step.terminated),
+                torch.as_tensor(step.truncated),
+            )
+        except ValueError as err:
+            raise RLDivergedError(_diverged(err, counters, run.last_checkpoint)) from err
+        run.episodes.record(step)
+        counters["episodes"] = mdp.episodes
+        state = step.start_state
+        before = counters["env_steps"]
+        counters["env_steps"] += step.env_steps
+        run.progress.update(step.env_steps)
 
-    def save(metrics: dict[str, Any]) -> Path:
-        """A checkpoint of everything now, with the run's clock brought up to date."""
-        if start_seconds is not None:
-            counters["seconds"] = start_seconds + time.perf_counter() - start
-        episodes = {
-            "recent": list(recent),
-            "running_return": running_return.tolist(),
-            "running_success": running_success.tolist(),
-        }
-        return _save(
-            run_dir, cfg, setup, learner, online, counters, history, metrics, mdp, episodes
-        )
-
-    progress = tqdm(
-        total=cfg.env_steps, initial=counters["env_steps"], desc=f"finetune {cfg.name}", unit="step"
-    )
-
-    def evaluate_now(n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
-        summary = evaluate(
-            setup.env_id,
-            _eval_agent(cfg, setup, learner, mdp),
-            n_episodes=n_episodes,
-            seed=cfg.eval_seed,
-            num_envs=2,
-            env_kwargs=setup.env_kwargs,
-            out_dir=out_dir,
-            video_episodes=cfg.video_episodes if out_dir else 0,
-            progress=False,
-        )
-        row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
-        history.append(row)
-        logger.log(counters["env_steps"], "eval", eval_metrics(summary))
-        progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
-        if on_eval is not None:
-            on_eval(counters["env_steps"], summary)
-        return summary
-
-    try:
-        if counters["env_steps"] == 0 and cfg.eval_every:
-            evaluate_now(cfg.eval_episodes)  # the starting point: the base policy (or random)
-        # a resumed run goes on with the episodes that were running (replayed), as if never
-        # stopped; checkpoints saved before runs kept them start new ones
-        state = mdp.restore(**running["mdp"]) if running else mdp.reset()
-        while counters["env_steps"] < cfg.env_steps:
-            # ---- act ----------------------------------------------------------------------
-            if counters["env_steps"] < cfg.warmup_steps:
-                action = _warmup_action(cfg, state.shape[0], mdp.action_dim)
-            else:
-                action = learner.act(state, explore=True)
-            step = mdp.step(action)
-            try:
-                online.add(
-                    state,
-                    step.critic_action,
-                    step.reward + cfg.reward_offset,
-                    step.next_state,
-                    torch.as_tensor(step.terminated),
-                    torch.as_tensor(step.truncated),
+        # ---- learn --------------------------------------------------------------------------
+        if counters["env_steps"] >= cfg.warmup_steps:
+            counters["update_budget"] += cfg.updates_per_step * cfg.num_envs  # agent steps
+            while counters["update_budget"] >= 1:
+                batch = sample_mixed(
+                    online,
+                    run.setup.demos,
+                    cfg.agent.batch_size,
+                    cfg.demo_fraction,
+                    cfg.agent.n_step,
+                    cfg.agent.gamma,
                 )
-            except ValueError as err:
-                raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
-            running_return += step.reward.numpy()
-            running_success |= step.success
-            ended = step.terminated | step.truncated
-            for i in np.flatnonzero(ended):
-                recent.append((bool(running_success[i]), float(running_return[i])))
-            running_return[ended] = 0.0
-            running_success[ended] = False
-            counters["episodes"] = mdp.episodes
-            state = step.start_state
-            before = counters["env_steps"]
-            counters["env_steps"] += step.env_steps
-            progress.update(step.env_steps)
-
-            # ---- learn --------------------------------------------------------------------
-            if counters["env_steps"] >= cfg.warmup_steps:
-                counters["update_budget"] += cfg.updates_per_step * cfg.num_envs  # agent steps
-                while counters["update_budget"] >= 1:
-                    batch = sample_mixed(
-                        online,
-                        setup.demos,
-                        cfg.agent.batch_size,
-                        cfg.demo_fraction,
-                        cfg.agent.n_step,
-                        cfg.agent.gamma,
+                _hand_gripper_to_critic(cfg, mdp, learner, counters)
+                try:
+                    update_metrics = learner.update(
+                        batch.to(learner.device),
+                        update_actor=counters["updates"] >= cfg.critic_warmup_updates,
                     )
-                    _hand_gripper_to_critic(cfg, mdp, learner, counters)
-                    try:
-                        update_metrics = learner.update(
-                            batch.to(learner.device),
-                            update_actor=counters["updates"] >= cfg.critic_warmup_updates,
-                        )
-                    except FloatingPointError as err:
-                        raise RLDivergedError(_diverged(err, counters, last_checkpoint)) from err
-                    counters["updates"] += 1
-                    counters["update_budget"] -= 1
+                except FloatingPointError as err:
+                    raise RLDivergedError(_diverged(err, counters, run.last_checkpoint)) from err
+                counters["updates"] += 1
+                counters["update_budget"] -= 1
 
-            # ---- log, evaluate, save ------------------------------------------------------
-            now = counters["env_steps"]
-            if _crossed(before, now, cfg.log_every):
-                row = {
-                    "episodes": counters["episodes"],
-                    "updates": counters["updates"],
-                    "env_steps_per_s": (now - start_steps) / (time.perf_counter() - start),
-                    **update_metrics,
-                }
-                if recent:  # training episodes (with exploration noise) finished lately
-                    row["success_rate"] = float(np.mean([s for s, _ in recent]))
-                    row["return"] = float(np.mean([r for _, r in recent]))
-                    progress.set_postfix(success=f"{row['success_rate']:.0%}")
-                logger.log(now, "train", row)
-            if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
-                evaluate_now(cfg.eval_episodes)
-            if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
-                last_checkpoint = save({})
-        progress.close()
-        final = evaluate_now(cfg.final_eval_episodes, run_dir / f"eval-{counters['env_steps']:07d}")
-        last_checkpoint = save(eval_metrics(final))
-    finally:
-        progress.close()
-        envs.close()
-        logger.close()
-    seconds = counters["seconds"]
-    _plot(history, run_dir, cfg.name, has_success=setup.env_id.startswith("robopolicy/"))
+        # ---- log, evaluate, save ------------------------------------------------------------
+        now = counters["env_steps"]
+        if _crossed(before, now, cfg.log_every):
+            seconds = time.perf_counter() - run.started
+            row = {
+                "episodes": counters["episodes"],
+                "updates": counters["updates"],
+                "env_steps_per_s": (now - run.start_env_steps) / seconds,
+                **update_metrics,
+                **run.episodes.summary(),  # training episodes (with exploration noise)
+            }
+            if "success_rate" in row:
+                run.progress.set_postfix(success=f"{row['success_rate']:.0%}")
+            run.logger.log(now, "train", row)
+        if cfg.eval_every and _crossed(before, now, cfg.eval_every) and now < cfg.env_steps:
+            _evaluate(run, cfg.eval_episodes)
+        if _crossed(before, now, cfg.save_every) and now < cfg.env_steps:
+            run.last_checkpoint = _save(run, {})
+
+
+def _evaluate(run: Run, n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
+    """Evaluate the current actor (a copy: eval never touches the learner), add the row to the
+    history and the log."""
+    cfg, counters = run.cfg, run.counters
+    summary = evaluate(
+        run.setup.env_id,
+        _eval_agent(cfg, run.setup, run.learner, run.mdp),
+        n_episodes=n_episodes,
+        seed=cfg.eval_seed,
+        num_envs=2,
+        env_kwargs=run.setup.env_kwargs,
+        out_dir=out_dir,
+        video_episodes=cfg.video_episodes if out_dir else 0,
+        progress=False,
+    )
+    row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
+    run.history.append(row)
+    run.logger.log(counters["env_steps"], "eval", eval_metrics(summary))
+    run.progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
+    if run.on_eval is not None:
+        run.on_eval(counters["env_steps"], summary)
+    return summary
+
+
+# ---- the end -------------------------------------------------------------------------------------
+def _finish(run: Run) -> dict[str, Any]:
+    """The final eval (with videos, in ``eval-<env steps>/``) and the last checkpoint."""
+    run.progress.close()
+    out_dir = run.run_dir / f"eval-{run.counters['env_steps']:07d}"
+    final = _evaluate(run, run.cfg.final_eval_episodes, out_dir)
+    run.last_checkpoint = _save(run, eval_metrics(final))
+    return final
+
+
+def _result(run: Run, final: dict[str, Any]) -> dict[str, Any]:
+    """The plot of the evals and what ``finetune`` returns, for the whole run."""
+    seconds = run.counters["seconds"]
+    has_success = run.setup.env_id.startswith("robopolicy/")
+    _plot(run.history, run.run_dir, run.cfg.name, has_success=has_success)
     return {
-        "run_dir": str(run_dir),
-        "checkpoint": str(last_checkpoint),
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.last_checkpoint),
         "final": final,
-        "history": history,
+        "history": run.history,
         "minutes": None if seconds is None else seconds / 60,  # the whole run's
-        "session_minutes": (time.perf_counter() - start) / 60,  # this process's
-        "env_steps": counters["env_steps"],
-        "start_env_steps": start_steps,  # 0, or where a resumed run went on
+        "session_minutes": (time.perf_counter() - run.started) / 60,  # this process's
+        "env_steps": run.counters["env_steps"],
+        "start_env_steps": run.start_env_steps,  # 0, or where a resumed run went on
     }
 
 
@@ -282,7 +405,7 @@ def _resumed_config(cfg: FinetuneConfig, checkpoint: Path) -> FinetuneConfig:
     return resumed
 
 
-# ---- the method's pieces ---------------------------------------------------------------------
+# ---- the method's pieces -------------------------------------------------------------------------
 def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
     if cfg.method == "scratch":
         env = make_env(cfg.env_id, **(cfg.env_kwargs or {}))
@@ -419,7 +542,7 @@ def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
     return FlatObsAgent(actor, setup.obs_keys, name=cfg.agent.algo)
 
 
-# ---- bookkeeping --------------------------------------------------------------------------------
+# ---- bookkeeping ---------------------------------------------------------------------------------
 def _crossed(before: int, now: int, every: int) -> bool:
     return every > 0 and before // every != now // every
 
@@ -429,20 +552,13 @@ def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
 
 
-def _save(
-    run_dir: Path,
-    cfg: FinetuneConfig,
-    setup: Setup,
-    learner: Learner,
-    online: ReplayBuffer,
-    counters: dict,
-    history: list[dict[str, Any]],
-    metrics: dict,
-    mdp: MDP,
-    episodes: dict[str, Any],
-) -> Path:
-    gripper_critic = _gripper_critic(mdp)
-    mdp_tensors, mdp_plain = mdp.state_dict()
+def _save(run: Run, metrics: dict) -> Path:
+    """A checkpoint of everything now, with the run's clock brought up to date."""
+    cfg, setup, learner, counters = run.cfg, run.setup, run.learner, run.counters
+    if run.start_seconds is not None:
+        counters["seconds"] = run.start_seconds + time.perf_counter() - run.started
+    gripper_critic = _gripper_critic(run.mdp)
+    mdp_tensors, mdp_plain = run.mdp.state_dict()
     config = {
         "finetune": to_dict(cfg),
         "rl": {
@@ -460,19 +576,19 @@ def _save(
     }
     training_state = {
         **learner.training_state(),
-        "replay": online.state_dict(),
+        "replay": run.online.state_dict(),
         "counters": counters,
-        "history": history,  # the evals that led here: a resumed run reports the whole run
+        "history": run.history,  # the evals that led here: a resumed run reports the whole run
         "rng": train_state.rng_state(),
         "mdp_tensors": mdp_tensors,  # the running episodes, replayed on resume
         "mdp": mdp_plain,
-        "episodes": episodes,  # the training episodes' statistics (logs)
+        "episodes": run.episodes.state_dict(),  # the training episodes' statistics (logs)
     }
     weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
     if gripper_critic is not None:
         weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
     return save_checkpoint(
-        run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
+        run.run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
         weights,
         config,
         step=counters["env_steps"],
@@ -482,12 +598,11 @@ def _save(
 
 
 def _restore(
-    checkpoint: Path, learner: Learner, online: ReplayBuffer, counters: dict
+    state: dict[str, Any], learner: Learner, online: ReplayBuffer, counters: dict
 ) -> dict[str, Any] | None:
     """Load the training state; return the running episodes to go on with (``mdp``: the
     arguments of ``MDP.restore``; ``plain``: their statistics), or None for a checkpoint
     saved before runs kept them, whose episodes end here (every env starts a new one)."""
-    state = load_training_state(checkpoint)
     learner.load_training_state(state)
     online.load_state_dict(state["replay"])
     counters.update(state["counters"])

@@ -21,10 +21,12 @@ EVAL_PREFIX = "eval/"
 def saved_history(checkpoint: Path) -> list[dict[str, Any]]:
     """The eval rows that led to ``checkpoint``, as its training state keeps them; for
     checkpoints saved before it kept them, read back from the run's ``metrics.jsonl``."""
-    return _history(resolve_checkpoint(checkpoint), training_state_json(checkpoint))
+    return recorded_history(resolve_checkpoint(checkpoint), training_state_json(checkpoint))
 
 
-def _history(checkpoint: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+def recorded_history(checkpoint: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The eval rows of the (resolved) ``checkpoint`` whose training state is ``state``, for a
+    caller that has read that state already."""
     if "history" in state:
         return state["history"]
     return eval_history(checkpoint.parent.parent, int(read_meta(checkpoint)["step"]))
@@ -73,7 +75,7 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "final": json.loads(final_file.read_text()),
-        "history": _history(checkpoint, state),
+        "history": recorded_history(checkpoint, state),
         "minutes": None if seconds is None else seconds / 60,
         "session_minutes": 0.0,
         "env_steps": step,

@@ -176,8 +176,8 @@ def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution)
 
         return load_rl_agent(path, config, device)
     if "offline_agent" in config:  # robopolicy offline: TD3+BC or IQL
+        from robopolicy.offline.agents import load_offline_agent
         from robopolicy.rl.actors import FlatObsAgent
-        from robopolicy.rl.offline import load_offline_agent
 
         obs_keys = config["offline_agent"].get("obs_keys")
         return FlatObsAgent(load_offline_agent(path, config), obs_keys, name="offline")

@@ -1,8 +1,14 @@
 """``robopolicy synth generate`` and ``robopolicy synth inspect``: sample a trained trajectory
-model (optionally guided by an offline agent) and compare the result with the real data."""
+model (optionally guided by a target policy) and compare the result with the real data.
+
+The target policy is named by a path and loaded by the ``load_policy`` its caller hands in (the
+command line passes ``offline.agents.load_offline_agent``): guidance needs only the
+``TargetPolicy`` protocol, and ``synth/`` stays below the offline RL that uses it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,9 +16,9 @@ from typing import Any
 from robopolicy.checkpoint import resolve_checkpoint
 from robopolicy.data.hdf5 import make_env_args, write_dataset
 from robopolicy.files import atomic_write_json
-from robopolicy.rl.offline import load_offline_agent
 from robopolicy.synth.config import SamplerConfig, validate_sampler
 from robopolicy.synth.generate import generate, inspect_synthetic
+from robopolicy.synth.guidance import TargetPolicy
 from robopolicy.synth.model import load_trajectory_model
 from robopolicy.synth.offline_data import episode, load_offline_data
 from robopolicy.synth.pool import to_transitions
@@ -30,11 +36,15 @@ class GenerateConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
-def run_generate(cfg: GenerateConfig, write: bool) -> dict[str, Any]:
+def run_generate(
+    cfg: GenerateConfig, write: bool, load_policy: Callable[[str], TargetPolicy]
+) -> dict[str, Any]:
+    """Sample ``cfg.trajectories`` and write the report (and, with ``write``, the dataset);
+    ``load_policy`` turns ``cfg.policy`` into the target policy."""
     validate_sampler(cfg.sampler)
     model_path = resolve_checkpoint(cfg.model)
     model, model_config = load_trajectory_model(model_path)
-    policy = load_offline_agent(cfg.policy) if cfg.policy else None
+    policy = load_policy(cfg.policy) if cfg.policy else None
     data = load_offline_data(cfg.dataset or model_config["synth"]["dataset"])
     raw = generate(model, cfg.trajectories, cfg.sampler, policy, cfg.guidance, cfg.seed)
     report = {

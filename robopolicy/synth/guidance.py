@@ -30,6 +30,9 @@ NORM_EPS = 1e-8
 
 
 class TargetPolicy(Protocol):
+    """All that guidance asks of the policy being trained: offline/'s agents have it, and
+    synth/ needs no import of them (offline RL sits above the synthetic data it draws)."""
+
     def log_prob(self, obs: Tensor, actions: Tensor) -> Tensor:
         """log pi(a | s) for raw (..., obs_dim) states and (..., action_dim) actions in [-1, 1]."""
         ...

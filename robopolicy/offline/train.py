@@ -30,11 +30,11 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import to_dict
 from robopolicy.files import atomic_save_figure, atomic_write_text
+from robopolicy.offline.agents import OfflineAgent
+from robopolicy.offline.config import OfflineConfig, validate_offline_config
 from robopolicy.rl.actors import FlatObsAgent
-from robopolicy.rl.offline import OfflineAgent
 from robopolicy.runlog import RunLogger, make_run_dir
 from robopolicy.sim.evaluate import evaluate
-from robopolicy.synth.config import OfflineConfig, validate_offline_config
 from robopolicy.synth.dynamics import relabel_with_simulator, simulate
 from robopolicy.synth.generate import generate, mean_log_likelihood
 from robopolicy.synth.model import load_trajectory_model
