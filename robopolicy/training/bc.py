@@ -45,6 +45,7 @@ from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
 from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.agents import PolicyAgent
+from robopolicy.sim.env_args import dataset_env_id
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env
 from robopolicy.training import state as train_state
@@ -226,7 +227,7 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
 def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
     """Windows of the dataset, and the shapes it fixes, checked against the env."""
     info = dataset_info(cfg.task.dataset)
-    dataset_env = read_env_args(cfg.task.dataset)["env_name"]
+    dataset_env = dataset_env_id(cfg.task.dataset, read_env_args(cfg.task.dataset))
     if dataset_env != cfg.task.env_id:
         raise ConfigError(
             f"{cfg.task.dataset} was recorded on {dataset_env}, not task.env_id={cfg.task.env_id}"

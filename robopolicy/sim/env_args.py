@@ -1,0 +1,89 @@
+"""Which env recorded a dataset, and making that env again: robomimic's ``env_args`` both ways.
+
+A dataset's ``data.attrs["env_args"]`` is either one of ours (type 4: ``env_name`` is the
+gymnasium id) or robomimic's robosuite layout (type 1: ``env_name`` is the robosuite class,
+``env_kwargs`` the ``robosuite.make`` arguments, controller config included). Type 1 maps to
+``robosuite/<env_name>-v0``, whose adapter takes those kwargs as they are (converting robosuite
+1.4 controller configs). Every problem is reported against the file and the key, before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+
+import envs
+from robopolicy.data.hdf5 import ROBOPOLICY_ENV_TYPE, DatasetError, dataset_info, make_env_args
+from robopolicy.sim.vector import make_env
+
+ROBOSUITE_ENV_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE
+ROBOSUITE_ID_PREFIX = "robosuite/"
+
+
+def env_spec_from_env_args(env_args: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """``(env_id, env_kwargs)`` for ``gymnasium.make`` from a dataset's ``env_args``;
+    ``where`` (the file) prefixes every error."""
+    kind, name = env_args.get("type"), env_args.get("env_name")
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: data.attrs['env_args']['env_name'] is missing or empty")
+    kwargs = env_args.get("env_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise DatasetError(f"{where}: data.attrs['env_args']['env_kwargs'] is not a JSON object")
+    if kind == ROBOPOLICY_ENV_TYPE:
+        return name, dict(kwargs)
+    if kind == ROBOSUITE_ENV_TYPE:
+        return envs.robosuite_env_id(name), {"env_kwargs": dict(kwargs)}
+    raise DatasetError(
+        f"{where}: data.attrs['env_args']['type'] is {kind!r}; robopolicy makes envs of type "
+        f"{ROBOSUITE_ENV_TYPE} (robosuite) and {ROBOPOLICY_ENV_TYPE} (its own tasks)"
+    )
+
+
+def dataset_env_id(path: str | os.PathLike[str], env_args: dict[str, Any]) -> str:
+    """The gymnasium id of the env that recorded the dataset at ``path``."""
+    return env_spec_from_env_args(env_args, str(path))[0]
+
+
+def env_spec_from_dataset(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """``(env_id, env_kwargs)`` that reproduce the dataset's env and its observations: image
+    keys in the file ask for ``obs_type="both"`` at the images' size."""
+    info = dataset_info(path)
+    env_id, kwargs = env_spec_from_env_args(info["env_args"], str(path))
+    images = {k: v["shape"] for k, v in info["obs"].items() if k.endswith("_image")}
+    if images and "obs_type" not in kwargs:
+        kwargs["obs_type"] = "both"
+        kwargs["image_size"] = int(next(iter(images.values()))[0])
+    return env_id, kwargs
+
+
+def make_env_from_dataset(path: str | os.PathLike[str], **overrides: Any) -> gym.Env:
+    """The env that recorded ``path``, checked to produce every observation key it holds."""
+    env_id, kwargs = env_spec_from_dataset(path)
+    try:
+        env = make_env(env_id, **{**kwargs, **overrides})
+    except ImportError as err:
+        raise DatasetError(f"{path}: data.attrs['env_args'] names {env_id}: {err}") from err
+    except ValueError as err:
+        raise DatasetError(f"{path}: data.attrs['env_args']: {err}") from err
+    keys = dataset_info(path)["obs"]
+    missing = sorted(set(keys) - set(env.observation_space.spaces))
+    if missing:
+        env.close()
+        raise DatasetError(
+            f"{path}: observation keys {missing} are not produced by {env_id}; it gives "
+            f"{sorted(env.observation_space.spaces)}"
+        )
+    return env
+
+
+def collection_env_args(
+    envs: gym.vector.VectorEnv, env_id: str, env_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``env_args`` to write for data recorded on ``envs``: robomimic's robosuite layout for
+    a ``robosuite/`` env (the adapter knows its ``robosuite.make`` kwargs), else ours (type 4)."""
+    if env_id.startswith(ROBOSUITE_ID_PREFIX):
+        return envs.call("robomimic_env_args")[0]
+    return make_env_args(env_id, env_kwargs)

@@ -1,0 +1,227 @@
+"""The robosuite 1.5 adapter (envs/robosuite): robomimic's observations and env_args, seeded
+resets, the 1.4 -> 1.5 controller conversion, the experts, and datasets made from env_args.
+
+robosuite envs take seconds to build, so one Lift env serves the module where it can.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("robosuite")
+
+from envs.robosuite.controllers import ControllerConfigError, part_to_composite, to_composite  # noqa: E402
+from envs.robosuite.loader import RobosuiteMissingError, import_robosuite  # noqa: E402
+from robopolicy.data.hdf5 import DatasetError, Episode, write_dataset  # noqa: E402
+from robopolicy.sim.env_args import make_env_from_dataset  # noqa: E402
+
+# robosuite 1.4's OSC_POSE config, as robomimic 0.3's published Lift/Can/Square files store it.
+OLD_OSC_POSE = {
+    "type": "OSC_POSE",
+    "input_max": 1,
+    "input_min": -1,
+    "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
+    "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
+    "kp": 150,
+    "damping": 1,
+    "impedance_mode": "fixed",
+    "kp_limits": [0, 300],
+    "damping_limits": [0, 10],
+    "position_limits": None,
+    "orientation_limits": None,
+    "uncouple_pos_ori": True,
+    "control_delta": True,
+    "interpolation": None,
+    "ramp_ratio": 0.2,
+}
+OLD_ENV_ARGS = {  # robomimic 0.3 + robosuite 1.4 layout
+    "env_name": "Lift",
+    "env_version": "1.4.1",
+    "type": 1,
+    "env_kwargs": {
+        "has_renderer": False,
+        "has_offscreen_renderer": True,
+        "ignore_done": True,
+        "use_object_obs": True,
+        "use_camera_obs": False,
+        "control_freq": 20,
+        "controller_configs": OLD_OSC_POSE,
+        "robots": ["Panda"],
+        "camera_depths": False,
+        "camera_heights": 84,
+        "camera_widths": 84,
+        "reward_shaping": False,
+    },
+}
+ROBOMIMIC_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+
+
+@pytest.fixture(scope="module")
+def lift():
+    env = gym.make("robosuite/Lift-v0")
+    yield env
+    env.close()
+
+
+def test_the_three_tasks_are_registered():
+    for env_id in (
+        "robosuite/Lift-v0",
+        "robosuite/PickPlaceCan-v0",
+        "robosuite/NutAssemblySquare-v0",
+    ):
+        assert env_id in gym.registry
+
+
+def test_observations_have_robomimics_keys(lift):
+    obs, info = lift.reset(seed=0)
+    assert set(ROBOMIMIC_KEYS) <= set(obs)
+    assert obs["object"].shape == (10,) and obs["robot0_eef_quat"].shape == (4,)
+    assert lift.observation_space.contains(obs)
+    assert info == {"is_success": False}
+    assert lift.action_space.shape == (7,)
+
+
+def test_seeded_resets_are_reproducible(lift):
+    lift.reset(seed=5)
+    first = lift.unwrapped.get_state()
+    lift.reset(seed=6)
+    other = lift.unwrapped.get_state()
+    lift.reset(seed=5)
+    assert np.array_equal(lift.unwrapped.get_state(), first)
+    assert not np.array_equal(other, first)
+
+
+def test_sparse_reward_and_truncation_at_the_horizon(lift):
+    env = lift.unwrapped
+    env.horizon = 3
+    try:
+        lift.reset(seed=0)
+        results = [lift.step(np.zeros(7, np.float32)) for _ in range(3)]
+    finally:
+        env.horizon = 400
+    assert [r[1] for r in results] == [0.0, 0.0, 0.0]  # sparse: nothing until success
+    assert [r[3] for r in results] == [False, False, True]  # truncated at the horizon
+    assert all(r[4] == {"is_success": False} for r in results)
+
+
+def test_state_round_trip(lift):
+    lift.reset(seed=1)
+    state = lift.unwrapped.get_state()
+    for _ in range(3):
+        lift.step(lift.action_space.sample())
+    lift.unwrapped.set_state(state)
+    assert np.array_equal(lift.unwrapped.get_state(), state)
+    with pytest.raises(ValueError, match="state shape"):
+        lift.unwrapped.set_state(state[:-1])
+
+
+def test_bad_actions_are_refused(lift):
+    lift.reset(seed=0)
+    with pytest.raises(ValueError, match="action shape"):
+        lift.step(np.zeros(6))
+    with pytest.raises(ValueError, match="non-finite"):
+        lift.step(np.full(7, np.nan))
+
+
+def test_env_args_are_robomimics_and_rebuild_the_env(lift):
+    env_args = lift.unwrapped.robomimic_env_args()
+    assert env_args["env_name"] == "Lift" and env_args["type"] == 1
+    assert env_args["env_version"].startswith("1.5")
+    kwargs = json.loads(json.dumps(env_args["env_kwargs"]))  # robomimic stores JSON
+    assert kwargs["controller_configs"]["body_parts"]["right"]["type"] == "OSC_POSE"
+    assert kwargs["robots"] == ["Panda"] and kwargs["control_freq"] == 20
+
+
+def test_lift_expert_succeeds(lift):
+    lift.unwrapped.attach_expert(0.0)
+    try:
+        for seed in (0, 1):
+            lift.reset(seed=seed)
+            for _ in range(100):
+                _, _, terminated, truncated, info = lift.step(lift.unwrapped.expert_action())
+                if terminated or truncated:
+                    break
+            assert info["is_success"], f"seed {seed}"
+    finally:
+        lift.unwrapped._expert_noise = None
+
+
+# ---- controller configs: robosuite 1.4 -> 1.5 ----------------------------------------------
+def test_a_14_part_config_becomes_a_15_composite_config():
+    composite = part_to_composite(OLD_OSC_POSE)
+    assert composite["type"] == "BASIC"
+    arm = composite["body_parts"]["right"]
+    assert arm["type"] == "OSC_POSE" and arm["gripper"] == {"type": "GRIP"}
+    # renamed keys keep their values; the old names (which 1.5 would ignore) are gone
+    assert arm["damping_ratio"] == 1 and arm["damping_ratio_limits"] == [0, 10]
+    assert arm["input_type"] == "delta"
+    assert not {"damping", "damping_limits", "control_delta"} & set(arm)
+    assert OLD_OSC_POSE["damping"] == 1  # the input is not modified
+
+
+def test_unknown_controllers_are_named():
+    parts, composites = ["OSC_POSE"], ["BASIC"]
+    with pytest.raises(ControllerConfigError, match="'OSC_FANCY'"):
+        to_composite({**OLD_OSC_POSE, "type": "OSC_FANCY"}, composites, parts)
+    with pytest.raises(ControllerConfigError, match="'MYSTERY'"):
+        to_composite({"type": "MYSTERY", "body_parts": {}}, composites, parts)
+
+
+def test_a_missing_robosuite_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "robosuite", None)  # import fails as if not installed
+    with pytest.raises(RobosuiteMissingError, match="pip install robosuite==1.5.2"):
+        import_robosuite()
+
+
+# ---- envs from a dataset's env_args --------------------------------------------------------
+def _dataset(path, env_args, obs_keys=ROBOMIMIC_KEYS):
+    sizes = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10}
+    obs = {k: np.zeros((2, sizes.get(k, 3))) for k in obs_keys}
+    episode = Episode(obs, obs, np.zeros((2, 7)), np.zeros(2), np.array([0, 1]), np.zeros((2, 3)))
+    write_dataset(path, [episode], env_args)
+    return path
+
+
+def test_a_robosuite_14_dataset_makes_the_env(tmp_path):
+    path = _dataset(tmp_path / "lift14.hdf5", OLD_ENV_ARGS)
+    env = make_env_from_dataset(path)
+    try:
+        assert env.spec.id == "robosuite/Lift-v0"
+        arm = env.unwrapped.make_kwargs["controller_configs"]["body_parts"]["right"]
+        assert arm["type"] == "OSC_POSE" and arm["kp"] == 150 and arm["damping_ratio"] == 1
+        with h5py.File(path) as f:  # written as robomimic lays it out
+            assert json.loads(f["data"].attrs["env_args"])["type"] == 1
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"env_name": "LiftTheMoon"}, "'LiftTheMoon'"),
+        ({"type": 7}, r"\['type'\] is 7"),
+        (
+            {"env_kwargs": {**OLD_ENV_ARGS["env_kwargs"], "controller_configs": {"type": "OSC_X"}}},
+            "'OSC_X'",
+        ),
+    ],
+)
+def test_bad_env_args_name_the_file_and_the_key(tmp_path, change, named):
+    path = _dataset(tmp_path / "bad.hdf5", {**OLD_ENV_ARGS, **change})
+    with pytest.raises(DatasetError, match=named) as err:
+        make_env_from_dataset(path)
+    assert str(path) in str(err.value)
+
+
+def test_observation_keys_the_env_lacks_are_named(tmp_path):
+    keys = (*ROBOMIMIC_KEYS, "robot0_eef_vel_lin")  # robosuite 1.5 dropped it
+    path = _dataset(tmp_path / "vel.hdf5", OLD_ENV_ARGS, keys)
+    with pytest.raises(DatasetError, match="robot0_eef_vel_lin") as err:
+        make_env_from_dataset(path)
+    assert str(path) in str(err.value)
