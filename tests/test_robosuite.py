@@ -225,3 +225,58 @@ def test_observation_keys_the_env_lacks_are_named(tmp_path):
     with pytest.raises(DatasetError, match="robot0_eef_vel_lin") as err:
         make_env_from_dataset(path)
     assert str(path) in str(err.value)
+
+
+# ---- collection in robomimic's layout --------------------------------------------------------
+def test_collected_lift_demos_load_in_robomimics_sequence_dataset(tmp_path, monkeypatch):
+    import robomimic.utils.obs_utils as obs_utils
+    from robomimic.utils.dataset import SequenceDataset
+
+    from robopolicy.data.hdf5 import dataset_info, list_demos, read_env_args
+    from robopolicy.sim.collect import CollectConfig, collect
+
+    output = tmp_path / "lift.hdf5"
+    cfg = CollectConfig(env_id="robosuite/Lift-v0", n_demos=3, num_envs=1, output=str(output))
+    summary = collect(cfg, progress=False)
+    assert summary["demos"] == 3
+    env_args = read_env_args(output)
+    assert env_args["env_name"] == "Lift" and env_args["type"] == 1
+    assert "controller_configs" in env_args["env_kwargs"]
+    info = dataset_info(output)
+    assert {"train", "valid", "20_percent"} <= set(info["filter_keys"])
+    assert sorted(list_demos(output, "train") + list_demos(output, "valid")) == list_demos(output)
+
+    for name in ("OBS_KEYS_TO_MODALITIES", "OBS_MODALITIES_TO_KEYS"):
+        monkeypatch.setattr(obs_utils, name, getattr(obs_utils, name))
+    obs_utils.initialize_obs_modality_mapping_from_dict({"low_dim": list(ROBOMIMIC_KEYS)})
+    ds = SequenceDataset(
+        hdf5_path=str(output),
+        obs_keys=ROBOMIMIC_KEYS,
+        dataset_keys=("actions", "rewards", "dones"),
+        frame_stack=1,
+        seq_length=4,
+        pad_frame_stack=True,
+        pad_seq_length=True,
+        get_pad_mask=False,
+        goal_mode=None,
+        hdf5_cache_mode=None,
+        hdf5_use_swmr=True,
+        hdf5_normalize_obs=False,
+        filter_by_attribute="train",
+        load_next_obs=True,
+    )
+    train = list_demos(output, "train")
+    assert ds.demos == train
+    item = ds[0]
+    assert item["actions"].shape == (4, 7) and item["obs"]["object"].shape == (4, 10)
+
+
+def test_masks_split_every_demo_into_train_and_valid_and_draw_subsets():
+    from robopolicy.data.masks import robomimic_masks
+
+    masks = robomimic_masks(50, seed=0)
+    assert sorted(masks["train"] + masks["valid"]) == list(range(50))
+    assert len(masks["valid"]) == 5 and len(masks["20_percent"]) == 10
+    assert sorted(masks["20_percent_train"] + masks["20_percent_valid"]) == masks["20_percent"]
+    assert robomimic_masks(50, seed=0) == masks  # the same collection, the same split
+    assert robomimic_masks(1)["valid"] == [] and robomimic_masks(1)["20_percent"] == [0]
