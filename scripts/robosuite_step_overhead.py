@@ -1,6 +1,7 @@
 """Measure what the robosuite adapter adds to ``env.step``: robosuite's own step against the
 adapter's, on the same robosuite env in one process, interleaved in rounds (alternating which
-goes first) so that other load on the machine hits both alike. Prints the median per-step times and their ratio.
+goes first) so that other load on the machine hits both alike. Prints the median per-step
+times and their ratio.
 
     python scripts/robosuite_step_overhead.py [EnvName] [rounds] [steps per round]
 """
