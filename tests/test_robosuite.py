@@ -280,3 +280,19 @@ def test_masks_split_every_demo_into_train_and_valid_and_draw_subsets():
     assert sorted(masks["20_percent_train"] + masks["20_percent_valid"]) == masks["20_percent"]
     assert robomimic_masks(50, seed=0) == masks  # the same collection, the same split
     assert robomimic_masks(1)["valid"] == [] and robomimic_masks(1)["20_percent"] == [0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["robosuite/PickPlaceCan-v0", "robosuite/NutAssemblySquare-v0"])
+def test_can_and_square_experts_succeed(env_id):
+    env = gym.make(env_id)
+    env.unwrapped.attach_expert(0.0)
+    try:
+        env.reset(seed=0)
+        for _ in range(400):
+            _, _, terminated, truncated, info = env.step(env.unwrapped.expert_action())
+            if terminated or truncated:
+                break
+        assert info["is_success"]
+    finally:
+        env.close()
