@@ -13,13 +13,21 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
+from bc_fixtures import tiny_train_config
 
-pytest.importorskip("robosuite")
-
-from envs.robosuite.controllers import ControllerConfigError, part_to_composite, to_composite  # noqa: E402
-from envs.robosuite.loader import RobosuiteMissingError, import_robosuite  # noqa: E402
-from robopolicy.data.hdf5 import DatasetError, Episode, write_dataset  # noqa: E402
-from robopolicy.sim.env_args import make_env_from_dataset  # noqa: E402
+from envs.robosuite.controllers import ControllerConfigError, part_to_composite, to_composite
+from envs.robosuite.loader import RobosuiteMissingError, import_robosuite
+from robopolicy.data.hdf5 import (
+    DatasetError,
+    Episode,
+    dataset_info,
+    list_demos,
+    read_env_args,
+    write_dataset,
+)
+from robopolicy.sim.collect import CollectConfig, collect
+from robopolicy.sim.env_args import make_env_from_dataset
+from robopolicy.training.bc import train_bc
 
 # robosuite 1.4's OSC_POSE config, as robomimic 0.3's published Lift/Can/Square files store it.
 OLD_OSC_POSE = {
@@ -228,24 +236,31 @@ def test_observation_keys_the_env_lacks_are_named(tmp_path):
 
 
 # ---- collection in robomimic's layout --------------------------------------------------------
-def test_collected_lift_demos_load_in_robomimics_sequence_dataset(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory) -> str:
+    """Four expert demos of robosuite's Lift, collected the way `robopolicy collect` does."""
+    output = tmp_path_factory.mktemp("robosuite") / "lift.hdf5"
+    cfg = CollectConfig(env_id="robosuite/Lift-v0", n_demos=4, num_envs=1, output=str(output))
+    assert collect(cfg, progress=False)["demos"] == 4
+    return str(output)
+
+
+def test_collected_files_have_robomimics_env_args_and_masks(collected):
+    env_args = read_env_args(collected)
+    assert env_args["env_name"] == "Lift" and env_args["type"] == 1
+    assert "controller_configs" in env_args["env_kwargs"]
+    info = dataset_info(collected)
+    assert {"train", "valid", "20_percent"} <= set(info["filter_keys"])
+    assert sorted(list_demos(collected, "train") + list_demos(collected, "valid")) == list_demos(
+        collected
+    )
+
+
+def test_collected_files_load_in_robomimics_sequence_dataset(collected, monkeypatch):
     import robomimic.utils.obs_utils as obs_utils
     from robomimic.utils.dataset import SequenceDataset
 
-    from robopolicy.data.hdf5 import dataset_info, list_demos, read_env_args
-    from robopolicy.sim.collect import CollectConfig, collect
-
-    output = tmp_path / "lift.hdf5"
-    cfg = CollectConfig(env_id="robosuite/Lift-v0", n_demos=3, num_envs=1, output=str(output))
-    summary = collect(cfg, progress=False)
-    assert summary["demos"] == 3
-    env_args = read_env_args(output)
-    assert env_args["env_name"] == "Lift" and env_args["type"] == 1
-    assert "controller_configs" in env_args["env_kwargs"]
-    info = dataset_info(output)
-    assert {"train", "valid", "20_percent"} <= set(info["filter_keys"])
-    assert sorted(list_demos(output, "train") + list_demos(output, "valid")) == list_demos(output)
-
+    output = collected
     for name in ("OBS_KEYS_TO_MODALITIES", "OBS_MODALITIES_TO_KEYS"):
         monkeypatch.setattr(obs_utils, name, getattr(obs_utils, name))
     obs_utils.initialize_obs_modality_mapping_from_dict({"low_dim": list(ROBOMIMIC_KEYS)})
@@ -265,10 +280,50 @@ def test_collected_lift_demos_load_in_robomimics_sequence_dataset(tmp_path, monk
         filter_by_attribute="train",
         load_next_obs=True,
     )
-    train = list_demos(output, "train")
-    assert ds.demos == train
+    assert ds.demos == list_demos(output, "train")
     item = ds[0]
     assert item["actions"].shape == (4, 7) and item["obs"]["object"].shape == (4, 10)
+
+
+def _train_config(dataset: str, run_dir, *extra: str):
+    return tiny_train_config(
+        dataset,
+        run_dir,
+        "task.env_id=robosuite/Lift-v0",
+        f"task.obs_keys=[{','.join(ROBOMIMIC_KEYS)}]",
+        "optim.steps=2",
+        "loop.save_every=2",
+        *extra,
+    )
+
+
+def test_train_reads_only_the_filter_keys_demos(collected, tmp_path, monkeypatch):
+    import robopolicy.training.bc as bc
+
+    seen = {}
+    from_hdf5 = bc.SequenceWindows.from_hdf5
+
+    def spy(path, obs_keys, **kwargs):
+        seen["filter_key"] = kwargs.get("filter_key")
+        windows = from_hdf5(path, obs_keys, **kwargs)
+        seen["samples"] = len(windows)
+        return windows
+
+    monkeypatch.setattr(bc.SequenceWindows, "from_hdf5", spy)
+    train_bc(_train_config(collected, tmp_path / "run", "task.filter_key=valid"))
+    assert seen["filter_key"] == "valid" and len(list_demos(collected, "valid")) == 1
+    valid_windows = seen["samples"]
+    train_bc(_train_config(collected, tmp_path / "run2"))
+    assert seen["filter_key"] is None and seen["samples"] > valid_windows
+    with pytest.raises(DatasetError, match="unknown filter key 'nope'"):
+        train_bc(_train_config(collected, tmp_path / "run3", "task.filter_key=nope"))
+
+
+def test_train_names_the_dataset_when_robosuite_is_missing(collected, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "robosuite", None)  # import fails as if not installed
+    with pytest.raises(DatasetError, match=r"env_args.*robosuite==1\.5\.2") as err:
+        train_bc(_train_config(collected, tmp_path / "run"))
+    assert collected in str(err.value)
 
 
 def test_masks_split_every_demo_into_train_and_valid_and_draw_subsets():

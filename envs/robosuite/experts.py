@@ -213,6 +213,7 @@ class SquareExpert(RobosuiteExpert):
     HOVER = 0.08
     CARRY_NUT_Z = 1.0  # nut centre while aligning: its underside clears the peg top (0.95)
     PLACE_NUT_Z = 0.85  # success needs the nut below table + 5 cm (0.87)
+    NUT_HEADINGS = (np.pi / 2, np.pi, -np.pi / 2)  # handle to +y, to the robot (-x), to -y
 
     def _ids(self, env) -> tuple[int, int, int]:
         rs = env.robosuite_env
@@ -220,6 +221,14 @@ class SquareExpert(RobosuiteExpert):
         handle = rs.sim.model.site_name2id(nut.important_sites["handle"])
         peg = rs.peg1_body_id if rs.nut_id == 0 else rs.peg2_body_id
         return rs.obj_body_id[nut.name], handle, peg
+
+    def _square_yaw(self, env, nut_yaw: float) -> float:
+        """The gripper heading that turns the carried nut square to the (axis-aligned) peg with
+        its handle towards the robot or sideways, never away: over the peg with the handle
+        away, the grip would be 5 cm beyond the Panda's reach."""
+        gripper_yaw = yaw_of(grip_site_pose(env)[1])
+        turns = [wrap(goal - nut_yaw, 2 * np.pi) for goal in self.NUT_HEADINGS]
+        return gripper_yaw + min(turns, key=abs)
 
     def grasp_point(self, env) -> np.ndarray:
         _, handle, _ = self._ids(env)
@@ -234,10 +243,7 @@ class SquareExpert(RobosuiteExpert):
         grasp = handle + self._grasp_offset
         heading = np.arctan2(*(handle - nut)[1::-1])  # from the nut's centre to its handle
         grasp_yaw = self.nearest_yaw(env, heading + np.pi / 2, np.pi)
-        # the gripper turn that makes the nut square to the (axis-aligned) peg
-        square_yaw = self.nearest_yaw(
-            env, yaw_of(grip_site_pose(env)[1]) - yaw_of(nut_rot), np.pi / 2
-        )
+        square_yaw = self._square_yaw(env, yaw_of(nut_rot))
         over_peg = pos[:2] + (peg[:2] - nut[:2])  # grip site target that centres the nut
         lift_to = pos[2] + (self.CARRY_NUT_Z - nut[2])
         lower_to = pos[2] + (self.PLACE_NUT_Z - nut[2])

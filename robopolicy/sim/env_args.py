@@ -64,9 +64,7 @@ def make_env_from_dataset(path: str | os.PathLike[str], **overrides: Any) -> gym
     env_id, kwargs = env_spec_from_dataset(path)
     try:
         env = make_env(env_id, **{**kwargs, **overrides})
-    except ImportError as err:
-        raise DatasetError(f"{path}: data.attrs['env_args'] names {env_id}: {err}") from err
-    except ValueError as err:
+    except ValueError as err:  # unknown env or controller, robosuite missing
         raise DatasetError(f"{path}: data.attrs['env_args']: {err}") from err
     keys = dataset_info(path)["obs"]
     missing = sorted(set(keys) - set(env.observation_space.spaces))

@@ -47,7 +47,7 @@ from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.agents import PolicyAgent
 from robopolicy.sim.env_args import dataset_env_id
 from robopolicy.sim.evaluate import evaluate, summary_line
-from robopolicy.sim.vector import make_env
+from robopolicy.sim.vector import EnvUnavailableError, make_env
 from robopolicy.training import state as train_state
 from robopolicy.training.config import TrainConfig, validate_train_config
 from robopolicy.training.distributed import (
@@ -239,7 +239,10 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
         raise ConfigError(
             f"task.obs_keys {unknown} are not in {cfg.task.dataset}; it has {sorted(info['obs'])}"
         )
-    env = make_env(cfg.task.env_id, **cfg.task.env_kwargs)
+    try:
+        env = make_env(cfg.task.env_id, **cfg.task.env_kwargs)
+    except EnvUnavailableError as err:
+        raise DatasetError(f"{cfg.task.dataset}: data.attrs['env_args'] names {err}") from err
     try:
         spaces = env.observation_space
         for key in obs_keys:
