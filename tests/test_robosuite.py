@@ -17,6 +17,7 @@ from bc_fixtures import tiny_train_config
 
 from envs.robosuite.controllers import ControllerConfigError, part_to_composite, to_composite
 from envs.robosuite.loader import RobosuiteMissingError, import_robosuite
+from robopolicy.config import ConfigError
 from robopolicy.data.hdf5 import (
     DatasetError,
     Episode,
@@ -371,3 +372,29 @@ def test_can_and_square_experts_succeed(env_id):
         assert info["is_success"]
     finally:
         env.close()
+
+
+def test_train_makes_the_env_from_the_dataset(collected, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = _train_config(
+        collected, tmp_path / "run", "task.env_id=''", f"task.env_from_dataset={collected}"
+    )
+    result = train_bc(cfg)
+    saved = OmegaConf.load(next((tmp_path / "run").rglob("config.yaml")))
+    assert saved.task.env_id == "robosuite/Lift-v0"  # resolved, so eval and export need no file
+    controller = saved.task.env_kwargs.env_kwargs.controller_configs
+    assert controller.body_parts.right.type == "OSC_POSE"
+    assert saved.task.env_kwargs.obs_type == "state"  # task.env_kwargs win over the dataset's
+    assert result is not None
+    with pytest.raises(ConfigError, match="recorded on robosuite/Lift-v0"):
+        train_bc(
+            _train_config(
+                collected,
+                tmp_path / "run2",
+                "task.env_id=robosuite/PickPlaceCan-v0",
+                f"task.env_from_dataset={collected}",
+            )
+        )
+    with pytest.raises(ConfigError, match="task.env_id is not set"):
+        train_bc(_train_config(collected, tmp_path / "run3", "task.env_id=''"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -153,7 +153,7 @@ class RobosuiteEnv(ExpertHost, gym.Env):
     def _make_kwargs(self, robosuite, env_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The ``robosuite.make`` kwargs: robomimic's defaults, then ``env_kwargs``, then what
         this adapter decides (rendering, termination, reward shaping)."""
-        kwargs = {**copy.deepcopy(_DEFAULT_KWARGS), **copy.deepcopy(env_kwargs)}
+        kwargs = {**copy.deepcopy(_DEFAULT_KWARGS), **_plain(env_kwargs)}
         robots = kwargs["robots"]
         robots = [robots] if isinstance(robots, str) else list(robots)
         if len(robots) != 1:
@@ -274,6 +274,16 @@ class RobosuiteEnv(ExpertHost, gym.Env):
                 # robosuite renders in OpenGL's convention (bottom row first)
                 obs[f"{cam}_image"] = np.ascontiguousarray(raw[f"{cam}_image"][::-1])
         return obs
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every sequence a list (configs hand over
+    OmegaConf containers; robosuite and JSON want plain ones)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _raw_key(key: str) -> str:

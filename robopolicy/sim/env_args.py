@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 
 import envs
+from robopolicy.config import ConfigError
 from robopolicy.data.hdf5 import ROBOPOLICY_ENV_TYPE, DatasetError, dataset_info, make_env_args
 from robopolicy.sim.vector import make_env
 
@@ -75,6 +76,23 @@ def make_env_from_dataset(path: str | os.PathLike[str], **overrides: Any) -> gym
             f"{sorted(env.observation_space.spaces)}"
         )
     return env
+
+
+def resolve_env(
+    env_id: str, env_kwargs: dict[str, Any], env_from_dataset: str | None, where: str = "task"
+) -> tuple[str, dict[str, Any]]:
+    """``(env_id, env_kwargs)`` of a config that names its env by id, or by a dataset
+    (``<where>.env_from_dataset``): the dataset's env, with ``env_kwargs`` overriding its kwargs.
+    An ``env_id`` given beside a dataset must agree with it."""
+    if not env_from_dataset:
+        return env_id, dict(env_kwargs)
+    dataset_id, dataset_kwargs = env_spec_from_dataset(env_from_dataset)
+    if env_id and env_id != dataset_id:
+        raise ConfigError(
+            f"{where}.env_id={env_id} but {where}.env_from_dataset={env_from_dataset} was "
+            f"recorded on {dataset_id}; set one of them"
+        )
+    return dataset_id, {**dataset_kwargs, **env_kwargs}
 
 
 def collection_env_args(

@@ -45,7 +45,7 @@ from robopolicy.files import atomic_write_text
 from robopolicy.policies import PolicyShapes, make_policy
 from robopolicy.runlog import RunLogger, eval_metrics, make_run_dir
 from robopolicy.sim.agents import PolicyAgent
-from robopolicy.sim.env_args import dataset_env_id
+from robopolicy.sim.env_args import dataset_env_id, resolve_env
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import EnvUnavailableError, make_env
 from robopolicy.training import state as train_state
@@ -75,6 +75,9 @@ def train_bc(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = resolve_checkpoint(cfg.resume) if cfg.resume else None
     if resume_from is not None:
         cfg = _resumed_config(cfg, resume_from)
+    cfg.task.env_id, cfg.task.env_kwargs = resolve_env(
+        cfg.task.env_id, cfg.task.env_kwargs, cfg.task.env_from_dataset
+    )
     run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
 
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
