@@ -23,6 +23,7 @@ from robopolicy.data.hdf5 import (
     Episode,
     dataset_info,
     list_demos,
+    load_episodes,
     read_env_args,
     write_dataset,
 )
@@ -275,6 +276,20 @@ def test_collected_files_have_robomimics_env_args_and_masks(collected):
     assert sorted(list_demos(collected, "train") + list_demos(collected, "valid")) == list_demos(
         collected
     )
+
+
+def test_collected_states_replay_the_observations(collected, lift):
+    """Each stored state is the one before its action. robosuite's step reads positions as of
+    its last physics substep's start (2 ms stale), so a moving gripper differs by well under a
+    millimetre from the replayed state; a state off by one control step would be ~1 cm away."""
+    episode = load_episodes(collected, ["object", "robot0_eef_pos"], "train")[0]
+    for t in (0, len(episode.actions) // 2, len(episode.actions) - 1):
+        lift.unwrapped.set_state(episode.states[t])
+        obs = lift.unwrapped.observation()
+        np.testing.assert_allclose(obs["object"], episode.obs["object"][t], atol=1e-3)
+        np.testing.assert_allclose(
+            obs["robot0_eef_pos"], episode.obs["robot0_eef_pos"][t], atol=1e-3
+        )
 
 
 def test_collected_files_load_in_robomimics_sequence_dataset(collected, monkeypatch):

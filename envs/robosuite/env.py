@@ -255,6 +255,11 @@ class RobosuiteEnv(ExpertHost, gym.Env):
         self._env.sim.set_state_from_flattened(state)
         self._env.sim.forward()
 
+    def observation(self) -> dict[str, np.ndarray]:
+        """The observation of the current sim state, e.g. after ``set_state`` (robomimic's
+        ``reset_to``): robosuite's observables recomputed, not their per-step cache."""
+        return self._observation(self._env._get_observations(force_update=True))
+
     def robomimic_env_args(self) -> dict[str, Any]:
         """``data.attrs["env_args"]`` as robomimic writes it for this env."""
         return {
