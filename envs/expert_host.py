@@ -29,6 +29,8 @@ class ExpertHost:
         """
         if noise < 0:
             raise ValueError(f"expert noise must be >= 0, got {noise}")
+        if not self.expert_class:
+            raise ValueError(f"{type(self).__name__} has no scripted expert")
         self._expert_noise = float(noise)
 
     def expert_action(self) -> np.ndarray:

@@ -182,6 +182,12 @@ def test_lift_expert_succeeds(lift):
         lift.unwrapped._expert_noise = None
 
 
+def test_an_env_without_an_expert_says_so(lift, monkeypatch):
+    monkeypatch.setattr(lift.unwrapped, "expert_class", "")  # as for robosuite's other envs
+    with pytest.raises(ValueError, match="has no scripted expert"):
+        lift.unwrapped.attach_expert(0.0)
+
+
 # ---- controller configs: robosuite 1.4 -> 1.5 ----------------------------------------------
 def test_a_14_part_config_becomes_a_15_composite_config():
     composite = part_to_composite(OLD_OSC_POSE)

@@ -121,7 +121,7 @@ class RobosuiteEnv(ExpertHost, gym.Env):
         self.render_size = int(render_size)
         self.horizon = int(horizon)
         self.robosuite_version = robosuite.__version__
-        self.expert_class = EXPERTS.get(env_name, "")
+        self.expert_class = EXPERTS.get(env_name, "")  # "": no scripted expert
         self.make_kwargs = self._make_kwargs(robosuite, dict(env_kwargs or {}))
         self.cameras = tuple(self.make_kwargs["camera_names"])
         self.control_hz = float(self.make_kwargs["control_freq"])
@@ -209,7 +209,9 @@ class RobosuiteEnv(ExpertHost, gym.Env):
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
         if action.shape != self.action_space.shape:
-            raise ValueError(f"{self.env_name}: action shape {action.shape} != (7,)")
+            raise ValueError(
+                f"{self.env_name}: action shape {action.shape} != {self.action_space.shape}"
+            )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"{self.env_name}: non-finite action {action}")
         raw, shaped, _, _ = self._env.step(np.clip(action, -1.0, 1.0))
