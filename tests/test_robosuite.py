@@ -13,7 +13,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from bc_fixtures import tiny_train_config
+from bc_fixtures import REPO, tiny_train_config
 
 from envs.robosuite.controllers import ControllerConfigError, part_to_composite, to_composite
 from envs.robosuite.loader import RobosuiteMissingError, import_robosuite
@@ -419,3 +419,27 @@ def test_train_makes_the_env_from_the_dataset(collected, tmp_path):
         )
     with pytest.raises(ConfigError, match="task.env_id is not set"):
         train_bc(_train_config(collected, tmp_path / "run3", "task.env_id=''"))
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"env_name": "LiftTheMoon"}, "'LiftTheMoon'"),
+        (
+            {"env_kwargs": {**OLD_ENV_ARGS["env_kwargs"], "controller_configs": {"type": "OSC_X"}}},
+            "'OSC_X'",
+        ),
+    ],
+)
+def test_cli_train_refuses_a_dataset_robosuite_cannot_run(tmp_path, capsys, change, named):
+    from robopolicy.cli import main
+
+    path = _dataset(tmp_path / "bad.hdf5", {**OLD_ENV_ARGS, **change})
+    argv = ["train", str(REPO / "configs/train/lift_diffusion.yaml"), f"task.dataset={path}"]
+    argv += ["task.env_id=''"]
+    argv += [f"task.env_from_dataset={path}", f"run_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robopolicy train: error: ") and str(path) in err
+    assert "env_args" in err and named in err
+    assert not list((tmp_path / "run").rglob("*.safetensors"))  # refused before training

@@ -246,6 +246,12 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
         env = make_env(cfg.task.env_id, **cfg.task.env_kwargs)
     except EnvUnavailableError as err:
         raise DatasetError(f"{cfg.task.dataset}: data.attrs['env_args'] names {err}") from err
+    except ValueError as err:
+        if not cfg.task.env_from_dataset:
+            raise
+        # the env's name and kwargs came from the file (an env or controller robosuite lacks)
+        where = f"{cfg.task.env_from_dataset}: data.attrs['env_args']"
+        raise DatasetError(f"{where}: {err}") from err
     try:
         spaces = env.observation_space
         for key in obs_keys:
