@@ -443,3 +443,12 @@ def test_cli_train_refuses_a_dataset_robosuite_cannot_run(tmp_path, capsys, chan
     assert err.startswith("robopolicy train: error: ") and str(path) in err
     assert "env_args" in err and named in err
     assert not list((tmp_path / "run").rglob("*.safetensors"))  # refused before training
+
+
+def test_train_names_an_observation_key_the_env_does_not_produce(tmp_path):
+    keys = (*ROBOMIMIC_KEYS, "robot0_eef_vel_lin")  # in robomimic's files; robosuite 1.5 lacks it
+    path = str(_dataset(tmp_path / "vel.hdf5", OLD_ENV_ARGS, keys))
+    cfg = _train_config(path, tmp_path / "run", f"task.obs_keys=[{','.join(keys)}]")
+    with pytest.raises(ConfigError, match="'robot0_eef_vel_lin' is not an observation") as err:
+        train_bc(cfg)
+    assert path in str(err.value)
