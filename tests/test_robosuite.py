@@ -452,3 +452,18 @@ def test_train_names_an_observation_key_the_env_does_not_produce(tmp_path):
     with pytest.raises(ConfigError, match="'robot0_eef_vel_lin' is not an observation") as err:
         train_bc(cfg)
     assert path in str(err.value)
+
+
+def test_registration_is_cheap_and_robosuite_imports_quietly():
+    import subprocess
+
+    code = (
+        "import sys, robopolicy, gymnasium as gym\n"
+        "assert 'robosuite' not in sys.modules, 'registering imported robosuite'\n"
+        "gym.make('robosuite/Lift-v0').close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "robosuite" not in done.stderr + done.stdout  # no macro/robosuite_models/mink warnings
