@@ -379,7 +379,6 @@ def test_masks_split_every_demo_into_train_and_valid_and_draw_subsets():
     assert robomimic_masks(1)["valid"] == [] and robomimic_masks(1)["20_percent"] == [0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["robosuite/PickPlaceCan-v0", "robosuite/NutAssemblySquare-v0"])
 def test_can_and_square_experts_succeed(env_id):
     env = gym.make(env_id)
