@@ -27,12 +27,12 @@ import gymnasium as gym
 import numpy as np
 
 from envs.expert_host import ExpertHost
+from envs.robosuite import ROBOSUITE_ENV_TYPE
 from envs.robosuite.controllers import to_composite
 from envs.robosuite.loader import import_robosuite
 
 OBS_TYPES = ("state", "pixels", "both")
 REWARD_TYPES = ("sparse", "dense")
-ROBOSUITE_ENV_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE
 DEFAULT_CAMERAS = ("agentview", "robot0_eye_in_hand")
 DEFAULT_HORIZON = 400  # robomimic's rollout horizon for Lift, Can and Square
 # robomimic's low-dimensional keys, in the order its datasets list them; the env gives those

@@ -20,8 +20,7 @@ from robopolicy.config import ConfigError
 from robopolicy.data.hdf5 import ROBOPOLICY_ENV_TYPE, DatasetError, dataset_info, make_env_args
 from robopolicy.sim.vector import make_env
 
-ROBOSUITE_ENV_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE
-ROBOSUITE_ID_PREFIX = "robosuite/"
+ROBOSUITE_ENV_TYPE = envs.robosuite.ROBOSUITE_ENV_TYPE
 
 
 def env_spec_from_env_args(env_args: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
@@ -96,10 +95,11 @@ def resolve_env(
 
 
 def collection_env_args(
-    envs: gym.vector.VectorEnv, env_id: str, env_kwargs: dict[str, Any]
+    vector_env: gym.vector.VectorEnv, env_id: str, env_kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """The ``env_args`` to write for data recorded on ``envs``: robomimic's robosuite layout for
-    a ``robosuite/`` env (the adapter knows its ``robosuite.make`` kwargs), else ours (type 4)."""
-    if env_id.startswith(ROBOSUITE_ID_PREFIX):
-        return envs.call("robomimic_env_args")[0]
+    """The ``env_args`` to write for data recorded on ``vector_env``: robomimic's robosuite
+    layout for a ``robosuite/`` env (the adapter knows its ``robosuite.make`` kwargs), else ours
+    (type 4)."""
+    if env_id.startswith(envs.robosuite.ID_PREFIX):
+        return vector_env.call("robomimic_env_args")[0]
     return make_env_args(env_id, env_kwargs)
