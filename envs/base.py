@@ -8,7 +8,6 @@ state save/restore, rendering) lives here once.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,12 +18,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.expert_host import ExpertHost
+
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 OBS_TYPES = ("state", "pixels", "both")
 REWARD_TYPES = ("sparse", "dense")
 
 
-class MujocoTaskEnv(gym.Env):
+class MujocoTaskEnv(ExpertHost, gym.Env):
     """A MuJoCo manipulation task with the robopolicy observation and action conventions.
 
     Observations are a ``Dict``: low-dimensional keys for ``obs_type="state"``, ``<camera>_image``
@@ -72,8 +73,6 @@ class MujocoTaskEnv(gym.Env):
         self.n_substeps = max(1, round(1.0 / (self.control_hz * self.model.opt.timestep)))
         self.metadata = {**self.metadata, "render_fps": int(self.control_hz)}
         self._renderers: dict[int, mujoco.Renderer] = {}
-        self._expert: Any = None
-        self._expert_noise: float | None = None
 
         spaces: dict[str, gym.Space] = {}
         if obs_type in ("state", "both"):
@@ -146,31 +145,6 @@ class MujocoTaskEnv(gym.Env):
         for renderer in self._renderers.values():
             renderer.close()
         self._renderers.clear()
-
-    # ---- the scripted expert ----------------------------------------------------------------
-    def attach_expert(self, noise: float = 0.0) -> None:
-        """Drive this env's scripted expert from now on (takes effect at the next reset).
-
-        The expert lives inside the env so that it works in vector-env worker processes, where
-        only the env sees the privileged state: callers ask for ``expert_action()`` through
-        ``VectorEnv.call``. Its randomness is drawn from the env's seeded generator, so a seed
-        fixes both the initial state and the expert's behaviour.
-        """
-        if noise < 0:
-            raise ValueError(f"expert noise must be >= 0, got {noise}")
-        self._expert_noise = float(noise)
-
-    def expert_action(self) -> np.ndarray:
-        if self._expert is None:
-            raise RuntimeError("no expert: call attach_expert() and then reset() first")
-        return np.asarray(self._expert.act(self), dtype=np.float32)
-
-    def _start_expert_episode(self) -> None:
-        module_name, class_name = self.expert_class.split(":")
-        expert_type = getattr(importlib.import_module(module_name), class_name)
-        seed = int(self.np_random.integers(2**31))
-        self._expert = expert_type(noise=self._expert_noise, seed=seed)
-        self._expert.reset(self)
 
     # ---- helpers shared by experts, data collection and eval --------------------------------
     def render_camera(self, camera: str, size: int | None = None) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Demonstration collection: run a task's scripted expert and stream episodes to robomimic HDF5.
 
+The file has robomimic's layout, filter keys included (``train``/``valid``, ``20_percent``...;
+see ``robopolicy.data.masks``), and ``env_args`` as robomimic writes them for robosuite envs.
 Episodes are seeded 0, 1, 2, ... (eval uses seeds from 100000), kept when successful unless
 asked otherwise, and written to a temporary file that is renamed into place only when the
 collection is complete: an interrupted run leaves no half-written dataset behind. SIGTERM and
@@ -18,9 +20,11 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from robopolicy.data.hdf5 import DatasetWriter, Episode, make_env_args
+from robopolicy.data.hdf5 import DatasetWriter, Episode
+from robopolicy.data.masks import robomimic_masks
 from robopolicy.interrupts import sigterm_unwinds
 from robopolicy.sim.agents import ExpertAgent
+from robopolicy.sim.env_args import collection_env_args
 from robopolicy.sim.rollout import run_episodes
 from robopolicy.sim.vector import make_vector_env
 
@@ -49,9 +53,10 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     envs = make_vector_env(cfg.env_id, min(cfg.num_envs, cfg.n_demos), env_kwargs)
     attempts = successes = kept = steps = 0
     start = time.perf_counter()
-    env_args = make_env_args(cfg.env_id, env_kwargs)
     try:
-        with sigterm_unwinds(), DatasetWriter(cfg.output, env_args) as writer:
+        env_args = collection_env_args(envs, cfg.env_id, env_kwargs)
+        masks = robomimic_masks(cfg.n_demos, seed=cfg.seed)
+        with sigterm_unwinds(), DatasetWriter(cfg.output, env_args, masks=masks) as writer:
             bar = tqdm(total=cfg.n_demos, desc=f"collect {cfg.env_id}", disable=not progress)
             episodes = run_episodes(
                 envs, ExpertAgent(cfg.noise), itertools.count(cfg.seed), record_steps=True

@@ -13,13 +13,19 @@ import gymnasium as gym
 import robopolicy  # noqa: F401  (registers robopolicy/<Task>-v0)
 
 
+class EnvUnavailableError(ValueError):
+    """The env's simulator is not installed; a ``ValueError`` so the CLI reports it in a line."""
+
+
 def make_env(env_id: str, **env_kwargs: Any) -> gym.Env:
-    """``gymnasium.make`` with an error that lists the known robopolicy ids."""
+    """``gymnasium.make`` with an error that lists the known ids, or says what is missing."""
     try:
         return gym.make(env_id, **env_kwargs)
     except gym.error.Error as err:
-        known = sorted(k for k in gym.registry if k.startswith("robopolicy/"))
+        known = sorted(k for k in gym.registry if k.startswith(("robopolicy/", "robosuite/")))
         raise ValueError(f"cannot make env {env_id!r} ({err}); robopolicy tasks: {known}") from err
+    except ImportError as err:  # the simulator behind the id is not installed (robosuite)
+        raise EnvUnavailableError(f"cannot make env {env_id!r}: {err}") from err
 
 
 def make_vector_env(

@@ -46,8 +46,9 @@ from robopolicy.policies import PolicyShapes, make_policy
 from robopolicy.resume import resumed_config
 from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.agents import PolicyAgent
+from robopolicy.sim.env_args import dataset_env_id, resolve_env
 from robopolicy.sim.evaluate import evaluate, summary_line
-from robopolicy.sim.vector import make_env
+from robopolicy.sim.vector import EnvUnavailableError, make_env
 from robopolicy.training import state as train_state
 from robopolicy.training.config import RESUMABLE, TrainConfig, validate_train_config
 from robopolicy.training.distributed import (
@@ -79,6 +80,9 @@ def train_bc(
     dist_info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
+    cfg.task.env_id, cfg.task.env_kwargs = resolve_env(
+        cfg.task.env_id, cfg.task.env_kwargs, cfg.task.env_from_dataset
+    )
     run_dir = plan_run_dir(cfg.run_dir, cfg.name, resume_from)
 
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
@@ -239,7 +243,7 @@ def train_bc(
 def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
     """Windows of the dataset, and the shapes it fixes, checked against the env."""
     info = dataset_info(cfg.task.dataset)
-    dataset_env = read_env_args(cfg.task.dataset)["env_name"]
+    dataset_env = dataset_env_id(cfg.task.dataset, read_env_args(cfg.task.dataset))
     if dataset_env != cfg.task.env_id:
         raise ConfigError(
             f"{cfg.task.dataset} was recorded on {dataset_env}, not task.env_id={cfg.task.env_id}"
@@ -251,7 +255,16 @@ def _load_data(cfg: TrainConfig) -> tuple[SequenceWindows, PolicyShapes]:
         raise ConfigError(
             f"task.obs_keys {unknown} are not in {cfg.task.dataset}; it has {sorted(info['obs'])}"
         )
-    env = make_env(cfg.task.env_id, **cfg.task.env_kwargs)
+    try:
+        env = make_env(cfg.task.env_id, **cfg.task.env_kwargs)
+    except EnvUnavailableError as err:
+        raise DatasetError(f"{cfg.task.dataset}: data.attrs['env_args'] names {err}") from err
+    except ValueError as err:
+        if not cfg.task.env_from_dataset:
+            raise
+        # the env's name and kwargs came from the file (an env or controller robosuite lacks)
+        where = f"{cfg.task.env_from_dataset}: data.attrs['env_args']"
+        raise DatasetError(f"{where}: {err}") from err
     try:
         spaces = env.observation_space
         for key in obs_keys:

@@ -19,7 +19,10 @@ RESUMABLE = ("optim.steps", "loop")
 
 @dataclass
 class TaskConfig:
-    env_id: str = MISSING
+    env_id: str = ""  # a gymnasium id; may be left out when env_from_dataset is set
+    # A robomimic file (e.g. a published robomimic dataset) whose data.attrs["env_args"] makes
+    # the env: the run resolves it into env_id and env_kwargs (task.env_kwargs win) and saves those.
+    env_from_dataset: str | None = None
     dataset: str = MISSING  # robomimic-format HDF5 (robopolicy collect writes them)
     # The observations the policy reads, named (never "whatever the dataset has": a dataset that
     # lacks one must be refused, not trained on without it); each must be in the dataset and
@@ -97,6 +100,11 @@ def validate_train_config(cfg: TrainConfig, *, resumed: bool = False) -> None:
         (
             cfg.loop.final_eval_episodes >= 0,
             f"loop.final_eval_episodes must be >= 0, got {cfg.loop.final_eval_episodes}",
+        ),
+        (
+            bool(cfg.task.env_id or cfg.task.env_from_dataset),
+            "task.env_id is not set: name the env (e.g. robosuite/Lift-v0) or set "
+            "task.env_from_dataset=<file.hdf5>",
         ),
         (
             bool(cfg.task.obs_keys) or resumed,
