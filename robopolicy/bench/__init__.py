@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from robopolicy.config import CONFIG_DIR, ConfigError, load_config
+from robopolicy.threads import set_num_threads
 
 SUITES = {
     "sim": "robopolicy.bench.sim",
@@ -30,4 +31,5 @@ def run_suite(name: str, overrides: list[str] | None = None) -> dict:
         raise ConfigError(f"unknown benchmark suite {name!r}; available: {sorted(SUITES)}")
     module = importlib.import_module(SUITES[name])
     cfg = load_config(CONFIG_DIR / "bench" / f"{name}.yaml", module.Config, overrides)
+    set_num_threads(cfg.num_threads)  # this process's; each suite sets its runs' own
     return module.run(cfg)

@@ -55,6 +55,7 @@ class Config:
     speed_steps: int = 20  # training steps timed per backbone in the speed table
     device: str = "cpu"  # speed table and chunk latency: cpu | cuda (training follows optim.device)
     out_root: str = "runs/bench"
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # local: one training after the other here; ray: as Ray tasks
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -54,6 +54,7 @@ class Config:
     load_clients: int = 8
     load_seconds: float = 60.0
     out_root: str = "runs/bench"
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 

@@ -81,6 +81,7 @@ class Config:
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     synth_overrides: list[str] = field(default_factory=list)  # applied to model training
     out_root: str = "runs/bench"
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # local: the runs one after the other here; ray: as Ray tasks
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -82,6 +82,7 @@ class Config:
     # residual, dsrl_sac, dsrl_na: on the bench's checkpoint as the frozen base)
     resume_methods: list[str] = field(default_factory=lambda: ["scratch", "residual"])
     only: list[str] = field(default_factory=list)  # section names to run (default: all)
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # its servers and clients share this machine: local only
     out_root: str = "runs/bench"
 

@@ -94,6 +94,7 @@ class Config:
     base_draws: int = 0
     out_root: str = "runs/bench"
     resume: str = ""  # an interrupted bench's folder (runs/bench/<suite>/<time>) to go on with
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # local: the runs one after the other here; ray: as Ray tasks
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -43,6 +43,7 @@ class Config:
     num_envs: int = 8
     latency_episodes: int = 2
     out_root: str = "runs/bench"
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 

@@ -53,6 +53,7 @@ class Config:
     render_frames: int = 300
     image_size: int = 84
     out_root: str = "runs/bench"
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
     executor: str = "local"  # this suite times things: local only (bench.jobs.local_only)
 
 

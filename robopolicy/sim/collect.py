@@ -27,6 +27,7 @@ from robopolicy.sim.agents import ExpertAgent
 from robopolicy.sim.env_args import collection_env_args
 from robopolicy.sim.rollout import run_episodes
 from robopolicy.sim.vector import make_vector_env
+from robopolicy.threads import set_num_threads
 
 
 @dataclass
@@ -42,12 +43,14 @@ class CollectConfig:
     num_envs: int = 2
     max_attempts: int = 0  # give up after this many episodes (0: 5 x n_demos)
     output: str = MISSING
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
 
 
 def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     """Collect ``cfg.n_demos`` demonstrations into ``cfg.output``; return a summary."""
     if cfg.n_demos < 1:
         raise ValueError(f"n_demos must be >= 1, got {cfg.n_demos}")
+    set_num_threads(cfg.num_threads)
     env_kwargs = dict(cfg.env_kwargs)
     max_attempts = cfg.max_attempts or 5 * cfg.n_demos
     envs = make_vector_env(cfg.env_id, min(cfg.num_envs, cfg.n_demos), env_kwargs)

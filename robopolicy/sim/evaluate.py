@@ -29,6 +29,7 @@ from robopolicy.sim.shards import merge, shard_sizes
 from robopolicy.sim.stats import wilson_interval
 from robopolicy.sim.vector import make_vector_env
 from robopolicy.sim.video import write_mp4
+from robopolicy.threads import set_num_threads
 
 
 def evaluate(
@@ -166,6 +167,7 @@ class EvalConfig:
     episodes_per_job: int = 100
     executor: str = "local"  # local | ray: the shards as Ray tasks
     ray: RayConfig = field(default_factory=RayConfig)
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
 
 
 def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution) -> Agent:
@@ -205,6 +207,7 @@ def load_eval_config(target: str, overrides: list[str]) -> EvalConfig:
 def run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     """Load the agent and evaluate it; the caller's torch RNG is left as it was (building the
     policy before its weights are loaded draws from it, and ``evaluate`` restores its own)."""
+    set_num_threads(cfg.num_threads)
     with torch.random.fork_rng():
         return _run_eval_config(cfg)
 

@@ -19,6 +19,7 @@ from robopolicy.config import ConfigError
 from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig
 from robopolicy.sim.schemes import compare_schemes
+from robopolicy.threads import set_num_threads
 
 
 @dataclass
@@ -34,9 +35,11 @@ class RTITuneConfig:
     num_envs: int = 8
     latency_episodes: int = 2
     out: str | None = None  # default: <run>/rti-tune.json (required outside a run)
+    num_threads: int = 0  # torch threads in this process (0: torch's default; robopolicy.threads)
 
 
 def run_rti_tune(cfg: RTITuneConfig) -> dict[str, Any]:
+    set_num_threads(cfg.num_threads)
     path = resolve_checkpoint(cfg.checkpoint)
     run = checkpoint_run(path)
     if cfg.out is None and run is None:  # fail before the episodes, not after
