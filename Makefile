@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint
+.PHONY: setup demo demo-full test lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## make demo: collect demonstrations, evaluate, write a report with a video
+## make demo: collect demonstrations, train, evaluate, residual RL, a report with pictures
+## and videos, on short budgets (under 10 min on 2 cores); make demo-full: the longer ones
 demo: setup
 	$(PY) scripts/demo.py
+
+demo-full: setup
+	$(PY) scripts/demo.py --full
 
 ## make test: the default test suite (fast CPU tests; `slow` and `gpu` marks excluded)
 ## pytest exits 5 when it collects no test: that is not a failure of the suite.
