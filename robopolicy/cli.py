@@ -50,6 +50,105 @@ Overrides are OmegaConf dot-list items (key=value, nested.key=value); unknown ke
 
 # What a resume (resume=RUN or resume=RUN/checkpoints/STEP) may change; the rest comes from the
 # run's saved config (tests/test_cli.py checks these lists against the RESUMABLE tuples).
+# Each command's schema (every key it takes; unknown keys are errors) and the keys most runs set.
+# tests/test_help_examples.py checks that every key named here is a key of its schema.
+KEYS_HELP = {
+    "collect": (
+        "robopolicy.sim.collect.CollectConfig",
+        ("env_id", "n_demos", "noise", "output", "env_kwargs.obs_type", "num_envs", "num_threads"),
+    ),
+    "train": (
+        "robopolicy.training.config.TrainConfig",
+        (
+            "task.dataset",
+            "task.env_from_dataset",
+            "task.filter_key",
+            "policy.type",
+            "policy.backbone",
+            "optim.steps",
+            "optim.batch_size",
+            "optim.lr",
+            "optim.device",
+            "optim.num_threads",
+            "loop.save_every",
+            "loop.final_eval_episodes",
+            "run_dir",
+            "resume",
+        ),
+    ),
+    "finetune": (
+        "robopolicy.rl.config.FinetuneConfig",
+        (
+            "method",
+            "base",
+            "env_steps",
+            "seed",
+            "eval_every",
+            "eval_episodes",
+            "agent.hidden_dim",
+            "agent.critic_heads",
+            "agent.batch_size",
+            "device",
+            "num_threads",
+            "run_dir",
+            "resume",
+        ),
+    ),
+    "eval": (
+        "robopolicy.sim.evaluate.EvalConfig",
+        (
+            "n_episodes",
+            "seed",
+            "video_episodes",
+            "out_dir",
+            "execution.mode",
+            "execution.sampler",
+            "execution.num_inference_steps",
+            "execution.rti_start_step",
+            "execution.rti_cold_start_steps",
+            "obs_guard.action",
+            "executor",
+            "num_threads",
+        ),
+    ),
+    "offline-data": (
+        "robopolicy.synth.make_data.OfflineDataConfig",
+        ("kind", "source", "transitions", "output", "seed"),
+    ),
+    "offline": (
+        "robopolicy.offline.config.OfflineConfig",
+        ("dataset", "agent.algo", "steps", "synthetic.model", "synthetic.guidance", "num_threads"),
+    ),
+    "rti-tune": (
+        "robopolicy.sim.rti_tune.RTITuneConfig",
+        ("candidates", "tolerance", "n_episodes", "out", "num_threads"),
+    ),
+    "sweep": (
+        "robopolicy.sweep.SweepConfig (beside the searched train or finetune config's keys)",
+        ("metric", "mode", "num_samples", "early_stop", "ray.address", "ray.num_cpus"),
+    ),
+    "serve": (
+        "robopolicy.deploy.server.ServeConfig",
+        (
+            "host",
+            "port",
+            "api_key_file",
+            "device",
+            "num_threads",
+            "max_connections",
+            "obs_guard.margin",
+            "obs_guard.action",
+            "execution.mode",
+        ),
+    ),
+}
+
+
+def _keys_epilog(command: str) -> str:
+    schema, keys = KEYS_HELP[command]
+    return f"main keys: {', '.join(keys)}. Every key: the dataclass {schema}."
+
+
 RESUME_HELP = {
     "train": ("optim.steps", "loop.*"),
     "finetune": (
@@ -297,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
             "config",
         ),
     ):
-        epilog = _resume_epilog(name) if name in RESUME_HELP else None
+        epilog = _keys_epilog(name)
+        if name in RESUME_HELP:
+            epilog += "\n\n" + _resume_epilog(name)
         p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
         p.add_argument("overrides", nargs="*", help="key=value overrides")

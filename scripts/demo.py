@@ -96,7 +96,7 @@ def main() -> None:
     report = _report(
         data, info, cfg, result, policy_eval, expert_eval, train_minutes, total_minutes, budget
     )
-    atomic_write_text(run / "report.md", report + _rl_report(rl) + _videos(run))
+    atomic_write_text(run / "report.md", "\n".join([report, _rl_report(rl), _videos(run)]))
     print(f"[demo] 5/5 policy: {summary_line(policy_eval)}")
     print(f"[demo]      expert: {summary_line(expert_eval)}")
     print(f"[demo]      scarce-data base: {summary_line(rl['before'])}")
@@ -162,7 +162,8 @@ def _rl_report(rl: dict) -> str:
         else "Residual RL did not improve the policy within this budget."
     )
     cfg = rl["config"]
-    curve = ", ".join(f"{r['env_steps']}: {r['success_rate']:.0%}" for r in rl["history"])
+    periodic = rl["history"][:-1]  # the last row is the final eval, reported above
+    curve = ", ".join(f"{r['env_steps']}: {r['success_rate']:.0%}" for r in periodic)
     return "\n".join(
         [
             "## 4. Residual RL on a policy trained from 5 noisy demos",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from robopolicy.bench import SUITES
-from robopolicy.cli import build_parser
+from robopolicy.cli import KEYS_HELP, build_parser
 from robopolicy.config import CONFIG_DIR, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +85,35 @@ def test_help_example_config_loads(words, monkeypatch):
     config, overrides = rest[0], concrete(rest[1:])
     assert (REPO / config).is_file(), f"`robopolicy {' '.join(words)}` names a missing {config}"
     load_config(config, schema, overrides)
+
+
+def _has_key(schema: type, dotted: str) -> bool:
+    """``dotted`` names a field of the dataclass ``schema`` (through nested dataclasses; any
+    key below a dict field)."""
+    import dataclasses
+    import typing
+
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(schema)}
+    if head not in names:
+        return False
+    if not rest:
+        return True
+    hint = typing.get_type_hints(schema)[head]
+    if dataclasses.is_dataclass(hint):
+        return _has_key(hint, rest)
+    return typing.get_origin(hint) is dict or "dict" in str(hint)
+
+
+@pytest.mark.parametrize("command", sorted(KEYS_HELP))
+def test_help_names_real_keys_and_the_schema(command):
+    schema_path, keys = KEYS_HELP[command]
+    module, _, name = schema_path.split()[0].rpartition(".")
+    schema = getattr(importlib.import_module(module), name)
+    assert [key for key in keys if not _has_key(schema, key)] == []
+    parser_help = next(
+        action.choices[command].format_help()
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert "main keys:" in parser_help and name in parser_help
