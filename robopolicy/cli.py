@@ -149,19 +149,26 @@ def _keys_epilog(command: str) -> str:
     return f"main keys: {', '.join(keys)}. Every key: the dataclass {schema}."
 
 
-RESUME_HELP = {
-    "train": ("optim.steps", "loop.*"),
-    "finetune": (
-        "env_steps",
-        "eval_every",
-        "eval_episodes",
-        "final_eval_episodes",
-        "video_episodes",
-        "save_every",
-        "log_every",
-        "device",
-    ),
-}
+def _resumable_keys(command: str) -> tuple[str, ...]:
+    """What a resume of ``command`` may change, as ``--help`` names it (a group as ``group.*``),
+    from the one list the resume itself enforces."""
+    import dataclasses
+    import typing
+
+    from robopolicy.rl.config import RESUMABLE as FINETUNE_RESUMABLE
+    from robopolicy.rl.config import FinetuneConfig
+    from robopolicy.training.config import RESUMABLE as TRAIN_RESUMABLE
+    from robopolicy.training.config import TrainConfig
+
+    schema, keys = {
+        "train": (TrainConfig, TRAIN_RESUMABLE),
+        "finetune": (FinetuneConfig, FINETUNE_RESUMABLE),
+    }[command]
+    hints = typing.get_type_hints(schema)
+    return tuple(f"{key}.*" if dataclasses.is_dataclass(hints.get(key)) else key for key in keys)
+
+
+RESUME_COMMANDS = ("train", "finetune")
 
 
 def _resume_epilog(command: str) -> str:
@@ -169,7 +176,7 @@ def _resume_epilog(command: str) -> str:
         "resume=RUN (its newest checkpoint) or resume=RUN/checkpoints/STEP goes on exactly as "
         "the run began: every setting comes from the config saved with the checkpoint (CONFIG's "
         "own settings give way), and the overrides may change only "
-        f"{', '.join(RESUME_HELP[command])}; others are refused unless they repeat the saved "
+        f"{', '.join(_resumable_keys(command))}; others are refused unless they repeat the saved "
         "value. It writes into the checkpoint's run, which must not hold newer checkpoints; "
         "run_dir=NEW branches off into a new folder (its config records the parent checkpoint "
         "as resume), as it must for a checkpoint outside a run's checkpoints/ folder."
@@ -397,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         epilog = _keys_epilog(name)
-        if name in RESUME_HELP:
+        if name in RESUME_COMMANDS:
             epilog += "\n\n" + _resume_epilog(name)
         p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")

@@ -173,13 +173,13 @@ def _assert_one_error_line(rc: int, capsys, command: str, named: str) -> None:
 
 @pytest.mark.parametrize("command", ["train", "finetune"])
 def test_resume_help_lists_what_a_resume_may_change(command, capsys) -> None:
-    from robopolicy.cli import RESUME_HELP
+    from robopolicy.cli import _resumable_keys
     from robopolicy.rl.config import RESUMABLE as FINETUNE
     from robopolicy.training.config import RESUMABLE as TRAIN
 
     resumable = {"train": TRAIN, "finetune": FINETUNE}[command]
-    assert [key.removesuffix(".*") for key in RESUME_HELP[command]] == list(resumable)
+    assert [key.removesuffix(".*") for key in _resumable_keys(command)] == list(resumable)
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"may change only {', '.join(RESUME_HELP[command])};" in out and "run_dir=NEW" in out
+    assert f"may change only {', '.join(_resumable_keys(command))};" in out and "run_dir=NEW" in out
