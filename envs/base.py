@@ -19,10 +19,9 @@ import mujoco
 import numpy as np
 
 from envs.expert_host import ExpertHost
+from envs.options import check_env_options
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-OBS_TYPES = ("state", "pixels", "both")
-REWARD_TYPES = ("sparse", "dense")
 
 
 class MujocoTaskEnv(ExpertHost, gym.Env):
@@ -54,14 +53,7 @@ class MujocoTaskEnv(ExpertHost, gym.Env):
         render_mode: str | None = None,
         render_size: int = 256,
     ) -> None:
-        if obs_type not in OBS_TYPES:
-            raise ValueError(f"unknown obs_type {obs_type!r}; expected one of {OBS_TYPES}")
-        if reward_type not in REWARD_TYPES:
-            raise ValueError(f"unknown reward_type {reward_type!r}; expected one of {REWARD_TYPES}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"unknown render_mode {render_mode!r}; expected None or 'rgb_array'")
-        if int(image_size) < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        check_env_options(obs_type, reward_type, render_mode, image_size)
         self.obs_type = obs_type
         self.image_size = int(image_size)
         self.reward_type = reward_type

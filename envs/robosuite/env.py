@@ -27,12 +27,11 @@ import gymnasium as gym
 import numpy as np
 
 from envs.expert_host import ExpertHost
+from envs.options import check_env_options
 from envs.robosuite import ROBOSUITE_ENV_TYPE
 from envs.robosuite.controllers import to_composite
 from envs.robosuite.loader import import_robosuite
 
-OBS_TYPES = ("state", "pixels", "both")
-REWARD_TYPES = ("sparse", "dense")
 DEFAULT_CAMERAS = ("agentview", "robot0_eye_in_hand")
 DEFAULT_HORIZON = 400  # robomimic's rollout horizon for Lift, Can and Square
 # robomimic's low-dimensional keys, in the order its datasets list them; the env gives those
@@ -98,14 +97,7 @@ class RobosuiteEnv(ExpertHost, gym.Env):
         horizon: int = DEFAULT_HORIZON,
         env_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if obs_type not in OBS_TYPES:
-            raise ValueError(f"unknown obs_type {obs_type!r}; expected one of {OBS_TYPES}")
-        if reward_type not in REWARD_TYPES:
-            raise ValueError(f"unknown reward_type {reward_type!r}; expected one of {REWARD_TYPES}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"unknown render_mode {render_mode!r}; expected None or 'rgb_array'")
-        if int(image_size) < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        check_env_options(obs_type, reward_type, render_mode, image_size)
         if int(horizon) < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         robosuite = import_robosuite()
