@@ -332,7 +332,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     run_suite(args.suite, args.overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(help_requested: bool = True) -> argparse.ArgumentParser:
+    """The command line. Without ``help_requested`` the resume help, whose key lists live in
+    modules that import torch, is left out: ``robopolicy --version`` stays instant."""
     parser = argparse.ArgumentParser(
         prog="robopolicy",
         description="Diffusion and flow-matching robot policies, and the RL that improves them.",
@@ -404,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         epilog = _keys_epilog(name)
-        if name in RESUME_COMMANDS:
+        if help_requested and name in RESUME_COMMANDS:
             epilog += "\n\n" + _resume_epilog(name)
         p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog)
         p.add_argument("config", metavar=target.upper().replace(" ", "_"), help=f"the {target}")
@@ -460,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(help_requested=bool({"-h", "--help"} & set(words))).parse_args(words)
     from robopolicy.checkpoint import CheckpointError
     from robopolicy.config import ConfigError
     from robopolicy.data.hdf5 import DatasetError

@@ -11,11 +11,12 @@ with sleeping ones training keeps 7.0k of its idle 12.8k samples/s.
 
 from __future__ import annotations
 
-import torch
-
 
 def set_num_threads(num_threads: int) -> int:
-    """Apply a config's ``num_threads`` (0: torch's default) and return the count in force."""
+    """Apply a config's ``num_threads`` (0: torch's default) and return the count in force.
+    torch is imported here, not at the top: the CLI imports this module to build its parser."""
+    import torch
+
     if num_threads < 0:
         from robopolicy.config import ConfigError
 
