@@ -22,6 +22,7 @@ SUITES = {
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
     "reliability": "robopolicy.bench.reliability",
+    "robosuite": "robopolicy.bench.robosuite",  # the field's tasks: bc, rti, rl, throughput
 }
 
 

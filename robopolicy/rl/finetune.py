@@ -381,8 +381,8 @@ def _finish(run: Run) -> dict[str, Any]:
 def _result(run: Run, final: dict[str, Any]) -> dict[str, Any]:
     """The plot of the evals and what ``finetune`` returns, for the whole run."""
     seconds = run.counters["seconds"]
-    has_success = run.setup.env_id.startswith("robopolicy/")
-    _plot(run.history, run.run_dir, run.cfg.name, has_success=has_success)
+    # tasks that report info["is_success"] (the own tasks, robosuite) plot success, others return
+    _plot(run.history, run.run_dir, run.cfg.name, has_success=final.get("success_signal", True))
     return {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.last_checkpoint),

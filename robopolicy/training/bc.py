@@ -161,7 +161,7 @@ def train_bc(
                 PolicyAgent(eval_policy, name=f"{cfg.policy.type}-{cfg.policy.backbone}"),
                 n_episodes=n_episodes,
                 num_envs=cfg.loop.eval_num_envs,
-                env_kwargs=dict(cfg.task.env_kwargs),
+                env_kwargs=to_dict(cfg.task.env_kwargs),  # nested, e.g. a controller config
                 out_dir=out_dir,
                 video_episodes=cfg.loop.video_episodes if out_dir else 0,
                 progress=False,
