@@ -88,7 +88,9 @@ def to_yaml(cfg: Any) -> str:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """An OmegaConf node or a plain dataclass instance as a plain dict."""
+    """An OmegaConf node, a plain dataclass instance or a dict as a plain dict."""
+    if isinstance(cfg, dict):
+        return dict(cfg)
     if not OmegaConf.is_config(cfg) and is_dataclass(cfg):
         return asdict(cfg)
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

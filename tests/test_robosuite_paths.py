@@ -17,6 +17,7 @@ from robopolicy.bench import robosuite as bench_robosuite
 from robopolicy.checkpoint import read_config
 from robopolicy.cli import main
 from robopolicy.config import ConfigError, load_config
+from robopolicy.data.hdf5 import read_env_args
 from robopolicy.deploy.client import PolicyClient
 from robopolicy.deploy.server import PolicyServer, ServeConfig
 from robopolicy.rl.config import FinetuneConfig
@@ -220,3 +221,22 @@ def test_bench_robosuite_runs_every_section(demos, state_run, tmp_path):
     cfg.sections, cfg.resume = ["throughput"], str(out)
     again = bench_robosuite.run(cfg)
     assert set(again["sections"]) == {"bc", "rti", "rl", "throughput"}
+
+
+def test_eval_and_collect_make_the_env_from_a_dataset(demos, state_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", state_run, f"env_from_dataset={demos}", "n_episodes=1", "video_episodes=0"]
+    env = f"env_kwargs={{obs_type: state, horizon: {HORIZON}}}"
+    assert main([*args, env, f"out_dir={out}"]) == 0
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["env_id"] == "robosuite/Lift-v0" and summary["mean_episode_length"] == HORIZON
+    other = [*args, "env_id=robosuite/PickPlaceCan-v0", f"out_dir={tmp_path / 'x'}"]
+    assert main(other) == 2
+    assert "recorded on robosuite/Lift-v0" in capsys.readouterr().err
+
+    more = tmp_path / "more.hdf5"
+    cfg = CollectConfig(env_from_dataset=demos, n_demos=1, num_envs=1, output=str(more))
+    assert collect(cfg, progress=False)["env_id"] == "robosuite/Lift-v0"
+    assert read_env_args(str(more))["env_name"] == read_env_args(demos)["env_name"] == "Lift"
+    with pytest.raises(ConfigError, match="env_from_dataset"):
+        collect(CollectConfig(n_demos=1, output=str(tmp_path / "none.hdf5")), progress=False)

@@ -20,11 +20,12 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm import tqdm
 
+from robopolicy.config import ConfigError, to_dict
 from robopolicy.data.hdf5 import DatasetWriter, Episode
 from robopolicy.data.masks import robomimic_masks
 from robopolicy.interrupts import sigterm_unwinds
 from robopolicy.sim.agents import ExpertAgent
-from robopolicy.sim.env_args import collection_env_args
+from robopolicy.sim.env_args import collection_env_args, resolve_env
 from robopolicy.sim.rollout import run_episodes
 from robopolicy.sim.vector import make_vector_env
 from robopolicy.threads import set_num_threads
@@ -34,7 +35,10 @@ from robopolicy.threads import set_num_threads
 class CollectConfig:
     """``robopolicy collect`` settings."""
 
-    env_id: str = MISSING
+    env_id: str = ""  # a gymnasium id; may be left out when env_from_dataset is set
+    # a robomimic file whose env_args make the env (more demos on a published dataset's env);
+    # env_kwargs override its kwargs
+    env_from_dataset: str | None = None
     env_kwargs: dict[str, Any] = field(default_factory=lambda: {"obs_type": "state"})
     n_demos: int = 100  # demonstrations to keep
     noise: float = 0.0  # the expert's noise knob (0 = proficient)
@@ -51,16 +55,20 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.n_demos < 1:
         raise ValueError(f"n_demos must be >= 1, got {cfg.n_demos}")
     set_num_threads(cfg.num_threads)
-    env_kwargs = dict(cfg.env_kwargs)
+    env_id, env_kwargs = resolve_env(
+        cfg.env_id, to_dict(cfg.env_kwargs), cfg.env_from_dataset, where="collect"
+    )
+    if not env_id:
+        raise ConfigError("collect: set env_id=<gymnasium id> or env_from_dataset=<file.hdf5>")
     max_attempts = cfg.max_attempts or 5 * cfg.n_demos
-    envs = make_vector_env(cfg.env_id, min(cfg.num_envs, cfg.n_demos), env_kwargs)
+    envs = make_vector_env(env_id, min(cfg.num_envs, cfg.n_demos), env_kwargs)
     attempts = successes = kept = steps = 0
     start = time.perf_counter()
     try:
-        env_args = collection_env_args(envs, cfg.env_id, env_kwargs)
+        env_args = collection_env_args(envs, env_id, env_kwargs)
         masks = robomimic_masks(cfg.n_demos, seed=cfg.seed)
         with sigterm_unwinds(), DatasetWriter(cfg.output, env_args, masks=masks) as writer:
-            bar = tqdm(total=cfg.n_demos, desc=f"collect {cfg.env_id}", disable=not progress)
+            bar = tqdm(total=cfg.n_demos, desc=f"collect {env_id}", disable=not progress)
             episodes = run_episodes(
                 envs, ExpertAgent(cfg.noise), itertools.count(cfg.seed), record_steps=True
             )
@@ -76,7 +84,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
                     break
                 if attempts >= max_attempts:
                     raise RuntimeError(
-                        f"collect {cfg.env_id}: only {kept}/{cfg.n_demos} demos after "
+                        f"collect {env_id}: only {kept}/{cfg.n_demos} demos after "
                         f"{attempts} episodes at noise {cfg.noise}; lower the noise or raise "
                         "max_attempts. Nothing was written."
                     )
@@ -86,7 +94,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
     minutes = (time.perf_counter() - start) / 60
     return {
         "output": str(cfg.output),
-        "env_id": cfg.env_id,
+        "env_id": env_id,
         "demos": kept,
         "samples": steps,
         "attempts": attempts,

@@ -24,6 +24,7 @@ from robopolicy.files import atomic_write_json
 from robopolicy.inference.execution import ExecutionConfig, describe
 from robopolicy.inference.guard import ObsGuardConfig
 from robopolicy.sim.agents import Agent, ExpertAgent, GuardedAgent, PolicyAgent
+from robopolicy.sim.env_args import resolve_env
 from robopolicy.sim.rollout import RolloutTiming, run_episodes
 from robopolicy.sim.shards import merge, shard_sizes
 from robopolicy.sim.stats import wilson_interval
@@ -151,6 +152,9 @@ class EvalConfig:
     checkpoint: str | None = None
     env_id: str | None = None
     env_kwargs: dict[str, Any] | None = None
+    # a robomimic file whose env_args make the env (e.g. a published dataset), in place of the
+    # checkpoint's task; env_kwargs override its kwargs
+    env_from_dataset: str | None = None
     agent: str = "expert"  # expert | policy (implied by checkpoint)
     noise: float = 0.0
     n_episodes: int = 50
@@ -237,6 +241,10 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
         agent = ExpertAgent(cfg.noise)
     else:
         raise ConfigError(f"eval: agent {cfg.agent!r} needs a checkpoint=...; or use 'expert'")
+    if cfg.env_from_dataset:
+        env_id, env_kwargs = resolve_env(
+            cfg.env_id or "", cfg.env_kwargs or {}, cfg.env_from_dataset, where="eval"
+        )
     if env_id is None:
         raise ConfigError("eval: env_id is not set (and no checkpoint names one)")
     if out_dir is None:
