@@ -41,7 +41,7 @@ from robopolicy.offline.config import OfflineConfig
 from robopolicy.offline.train import train_offline
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
-from robopolicy.synth.config import SamplerConfig, SynthConfig
+from robopolicy.synth.config import SynthConfig
 from robopolicy.synth.generate import generate, inspect_synthetic, mean_log_likelihood
 from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
 from robopolicy.synth.model import load_trajectory_model
@@ -211,7 +211,7 @@ def _compare_synthetic(
     model, _ = load_trajectory_model(model_run)
     agent = load_offline_agent(agent_checkpoint)
     off_cfg = load_config(CONFIG_DIR / ds.offline_config, OfflineConfig, [f"dataset={data_path}"])
-    sampler = SamplerConfig(**to_dict(off_cfg.synthetic.sampler))
+    sampler = off_cfg.synthetic.sampler
     check: dict[str, Any] = {"target_policy": str(agent_checkpoint), "guidance": cfg.guidance}
     lambdas = sorted({0.0, cfg.guidance, *cfg.check_guidance})
     check["by_guidance"] = {}
