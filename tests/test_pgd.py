@@ -586,7 +586,7 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     assert main(["offline-data", str(cfg)]) == 2
 
 
-def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
+def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_data(
     medium, synth_run, tmp_path
 ) -> None:
     from robopolicy.bench.pgd import ARMS, Config, Dataset, run
@@ -595,34 +595,62 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     data_cfg.write_text(f"source: unused\noutput: {medium}\n")
     offline_cfg = tmp_path / "offline.yaml"
     offline_cfg.write_text(
-        "steps: 10\neval_every: 0\nfinal_eval_episodes: 1\nnum_threads: 1\n"
+        "steps: 10\neval_every: 5\neval_episodes: 1\nfinal_eval_episodes: 1\nnum_threads: 1\n"
         "agent: {hidden_dim: 16, batch_size: 16}\n"
-        "synthetic: {trajectories: 4, regenerate_every: 5, sampler: {num_steps: 2, length: 8}}\n"
+        "synthetic: {trajectories: 4, regenerate_every: 5, sampler: {num_steps: 8, length: 8}}\n"
     )
     dataset = Dataset("tiny", str(data_cfg), "unused", str(offline_cfg), model=str(synth_run))
     results = run(
         Config(
             datasets=[dataset],
             arms=list(ARMS),
-            seeds=[0],
+            agents=["td3bc", "iql"],
+            guidance=[0.5, 2.0],
+            seeds=[0, 1],
             check_trajectories=4,
-            check_guidance=[0.5],
+            check_guidance=[0.1],
             out_root=str(tmp_path / "b"),
         )
     )
     entry = results["datasets"]["tiny"]
-    assert sorted(entry["runs"]) == [
-        "guided/seed0",
-        "guided_oracle/seed0",
-        "real/seed0",
-        "unguided/seed0",
-        "unguided_oracle/seed0",
-    ]
-    check = entry["synthetic_check"]
-    assert {"unguided", "guided"} <= set(check)
-    assert check["guided"]["target_log_likelihood"] > check["unguided"]["target_log_likelihood"]
-    report = next((tmp_path / "b").glob("pgd/*/report.md")).read_text()
+    labels = ["real", "unguided", "guided-lam0.5", "guided-lam2"]
+    labels += ["unguided_oracle", "guided_oracle-lam0.5", "guided_oracle-lam2"]
+    assert sorted(entry["runs"]) == sorted(
+        f"{agent}/{label}/seed{seed}"
+        for agent in ("td3bc", "iql")
+        for label in labels
+        for seed in (0, 1)
+    )
+    run_ = entry["runs"]["iql/guided-lam2/seed1"]
+    assert (run_["agent"], run_["arm"], run_["guidance"], run_["seed"]) == ("iql", "guided", 2.0, 1)
+    assert [step for step, _ in run_["curve"]] == [5, 10]
+    config = (Path(run_["checkpoint"]) / "config.yaml").read_text()
+    assert "algo: iql" in config and "guidance: 2.0" in config
+    for agent in ("td3bc", "iql"):
+        check = entry["synthetic_check"][agent]
+        assert set(check["by_guidance"]) == {"0", "0.1", "0.5", "2"}
+        by = check["by_guidance"]
+        assert by["2"]["target_log_likelihood"] > by["0"]["target_log_likelihood"]
+    out = next((tmp_path / "b").glob("pgd/*"))
+    report = (out / "report.md").read_text()
+    assert "guided > both" in report and "### iql" in report and "− unguided" in report
     assert "normalised return per seed" in report and "next-state MSE" in report
+    assert (out / "tiny.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="subset"):
+        run(Config(datasets=[dataset], agents=["sac"], out_root=str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="guidance grid"):
+        run(Config(datasets=[dataset], guidance=[], out_root=str(tmp_path / "c")))
+
+
+def test_paired_differences_of_the_report() -> None:
+    from robopolicy.bench.pgd_report import paired_difference
+
+    def runs(*scores):
+        return [{"seed": s, "final_normalized": v} for s, v in enumerate(scores)]
+
+    mean, std, n = paired_difference(runs(10.0, 14.0, 9.0), runs(8.0, 10.0, 9.0))
+    assert (mean, n) == (pytest.approx(2.0), 3) and std == pytest.approx(np.std([2, 4, 0]))
+    assert paired_difference(runs(1.0), []) is None
 
 
 def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) -> None:
