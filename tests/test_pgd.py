@@ -642,6 +642,42 @@ def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_
         run(Config(datasets=[dataset], guidance=[], out_root=str(tmp_path / "c")))
 
 
+def test_bench_pgd_scaling_table_trains_each_size_and_budget(medium, tmp_path) -> None:
+    from robopolicy.bench.pgd import Config, Dataset, run
+    from robopolicy.bench.pgd_scaling import ScalingConfig
+
+    data_cfg = tmp_path / "data.yaml"
+    data_cfg.write_text(f"source: unused\noutput: {medium}\n")
+    synth_cfg = tmp_path / "synth.yaml"
+    synth_cfg.write_text(
+        "horizon: 8\nstride: 4\nbatch_size: 8\nwarmup_steps: 100\nnum_threads: 1\n"
+        "sampler: {num_steps: 2, length: 8}\n"
+    )
+    dataset = Dataset("tiny", str(data_cfg), str(synth_cfg), "unused")
+    scaling = ScalingConfig(down_dims=[[8, 16], [16, 32]], steps=[2, 3], trajectories=4)
+    results = run(
+        Config(datasets=[dataset], arms=[], scaling=scaling, out_root=str(tmp_path / "b"))
+    )
+    table = results["scaling"]
+    assert [(r["down_dims"], r["steps"]) for r in table] == [
+        ([8, 16], 2),
+        ([8, 16], 3),
+        ([16, 32], 2),
+        ([16, 32], 3),
+    ]
+    assert table[0]["parameters"] == table[1]["parameters"] < table[2]["parameters"]
+    assert all(r["dynamics"]["next_state_mse"] > 0 and r["final_loss"] > 0 for r in table)
+    saved = load_trajectory_model(table[3]["run_dir"])[1]["synth"]
+    assert (saved["steps"], saved["warmup_steps"], saved["down_dims"]) == (3, 1, [16, 32])
+    assert results["datasets"]["tiny"]["runs"] == {}
+    out = next((tmp_path / "b").glob("pgd/*"))
+    assert not (out / "tiny" / "trajectory_model").exists()  # no arms: no bench model
+    report = (out / "report.md").read_text()
+    assert "Dynamics error against trajectory-model size" in report and "[16, 32]" in report
+    with pytest.raises(ValueError, match="scaling.steps"):
+        run(Config(datasets=[dataset], scaling=ScalingConfig(down_dims=[[8, 16]])))
+
+
 def test_paired_differences_of_the_report() -> None:
     from robopolicy.bench.pgd_report import paired_difference
 

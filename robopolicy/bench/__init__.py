@@ -21,6 +21,7 @@ SUITES = {
     "dsrl": "robopolicy.bench.rl",
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
+    "pgd_scaling": "robopolicy.bench.pgd",  # the dynamics-error table alone (scaling.*)
     "reliability": "robopolicy.bench.reliability",
 }
 

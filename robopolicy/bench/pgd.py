@@ -12,6 +12,10 @@ policy as the target, synthetic data sampled unguided and guided side by side: t
 log-likelihood of the synthetic actions and the dynamics error (MuJoCo replay of each
 transition).
 
+``scaling.*`` adds the dynamics-error table of trajectory models of a few sizes and training
+budgets (``bench/pgd_scaling.py``); with ``arms: []`` it is all the bench runs
+(``configs/bench/pgd_scaling.yaml``).
+
 Two diagnostic arms can be added (``arms``): ``unguided_oracle`` and ``guided_oracle`` keep the
 generated states and actions but take next state, reward and termination from the simulator,
 separating the model's dynamics error from what guidance does to the state-action distribution.
@@ -36,6 +40,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from robopolicy.bench.jobs import run_jobs, run_resources  # noqa: E402
 from robopolicy.bench.pgd_report import ARM_ORDER, arm_groups, report
+from robopolicy.bench.pgd_scaling import ScalingConfig, scaling_rows, validate_scaling
 from robopolicy.bench.report import machine_info, new_run_dir, write_results
 from robopolicy.config import CONFIG_DIR, load_config, to_dict
 from robopolicy.distributed import RayConfig
@@ -87,6 +92,7 @@ class Config:
     steps: int | None = None  # agent steps (None: the offline config's)
     check_trajectories: int = 256  # unguided vs guided comparison at the end
     check_guidance: list[float] = field(default_factory=lambda: [0.3, 1.0, 10.0])  # extra lambdas
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)  # dynamics-error table
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     synth_overrides: list[str] = field(default_factory=list)  # applied to model training
     out_root: str = "runs/bench"
@@ -105,6 +111,7 @@ def validate(cfg: Config) -> None:
     guided = any(arm.startswith("guided") for arm in cfg.arms)
     if guided and (not cfg.guidance or min(cfg.guidance) <= 0):
         raise ValueError(f"the guided arms need a guidance grid of lambdas > 0, got {cfg.guidance}")
+    validate_scaling(cfg.scaling)
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -116,17 +123,25 @@ def run(cfg: Config) -> dict[str, Any]:
         "machine": machine_info(),
         "settings": {
             k: to_dict(cfg)[k]
-            for k in ("arms", "agents", "seeds", "guidance", "steps", "overrides")
+            for k in ("arms", "agents", "seeds", "guidance", "steps", "overrides", "scaling")
         },
         "datasets": {},
+        "scaling": [],
     }
     for ds in [d for d in cfg.datasets if not cfg.only or d.name in cfg.only]:
         data_path = _ensure_dataset(ds)
-        model = ds.model or _train_model(ds, data_path, out, cfg.synth_overrides)
+        if cfg.scaling.down_dims:
+            results["scaling"] += scaling_rows(
+                cfg.scaling, ds.name, ds.synth_config, data_path, out
+            )
+            write_results(out, results, report(results))
+        model = None  # no arms (a scaling table alone): no bench model to train
+        if cfg.arms:
+            model = ds.model or _train_model(ds, data_path, out, cfg.synth_overrides)
         data = load_offline_data(data_path)
         entry: dict[str, Any] = {
             "dataset": data_path,
-            "model": str(model),
+            "model": str(model) if model else None,
             "references": data.references,
             "transitions": len(data.actions),
             "dataset_return": float(np.mean(data.episode_returns())),
@@ -148,10 +163,11 @@ def run(cfg: Config) -> dict[str, Any]:
                 for agent in cfg.agents
                 if (runs := _guided_runs(entry, agent))
             }
-        _plot(ds.name, entry, cfg.agents, out / f"{ds.name}.png")
+        if entry["runs"]:
+            _plot(ds.name, entry, cfg.agents, out / f"{ds.name}.png")
         write_results(out, results, report(results))
     write_results(out, results, report(results))
-    print(f"[bench pgd] wrote {out}/report.md")
+    print(f"[bench {cfg.suite}] wrote {out}/report.md")
     return results
 
 

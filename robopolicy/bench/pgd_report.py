@@ -1,6 +1,6 @@
 """The Markdown report of ``robopolicy bench pgd``: per dataset and agent, each arm's final
 normalised return per seed, each guided lambda's paired difference from real and from unguided
-data, and the synthetic-data check.
+data, the synthetic-data check, and the dynamics-error scaling table when one was run.
 
 Kept apart from the bench's runs so that the question the bench asks (does guided beat both
 controls, by how much, with what spread) reads in one place.
@@ -165,6 +165,47 @@ def _check_lines(check: dict) -> list[str]:
     ]
 
 
+def scaling_lines(table: list[dict]) -> list[str]:
+    """The dynamics error of each trajectory model size and training budget."""
+    rows = []
+    for row in table:
+        dyn = row["dynamics"] or {}
+        rows.append(
+            [
+                row["dataset"],
+                str(row["down_dims"]),
+                f"{row['parameters'] / 1e6:.2f}M",
+                row["steps"],
+                f"{row['final_loss']:.3f}" if row["final_loss"] is not None else "-",
+                f"{dyn['next_state_mse']:.4f}" if dyn else "n/a",
+                f"{dyn['next_state_nmse']:.4f}" if dyn else "n/a",
+                f"{dyn['reward_mse']:.4f}" if dyn else "n/a",
+                f"{row['minutes']:.1f}",
+            ]
+        )
+    return [
+        "## Dynamics error against trajectory-model size and training steps",
+        "",
+        "Unguided samples of each model, each transition replayed in MuJoCo from its own state.",
+        "",
+        markdown_table(
+            [
+                "dataset",
+                "U-Net channels",
+                "parameters",
+                "train steps",
+                "final loss",
+                "next-state MSE",
+                "normalised MSE",
+                "reward MSE",
+                "train min",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def report(results: dict) -> str:
     lines = [
         "# bench pgd: offline RL with real, unguided and policy-guided synthetic data",
@@ -192,7 +233,11 @@ def report(results: dict) -> str:
             ),
             "",
         ]
+    if results.get("scaling"):
+        lines += scaling_lines(results["scaling"])
     for name, entry in results["datasets"].items():
+        if not entry["runs"]:
+            continue
         refs = entry["references"] or {}
         lines += [
             f"## {name}",
@@ -205,6 +250,5 @@ def report(results: dict) -> str:
         ]
         for agent in _agents(entry):
             lines += _agent_section(entry, agent)
-        if entry["runs"]:
-            lines += [f"![{name}]({name}.png)", ""]
+        lines += [f"![{name}]({name}.png)", ""]
     return "\n".join(lines + failure_lines(results["datasets"]))

@@ -71,6 +71,7 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc=f"synth {cfg.name}"
     )
     recent: list[float] = []
+    final_loss: float | None = None  # the mean loss of the last logged (or unlogged) steps
     try:
         for step in progress:
             batch = normalized[torch.randint(0, len(normalized), (cfg.batch_size,))]
@@ -85,8 +86,9 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
             ema.step(model.parameters())
             recent.append(loss.item())
             if step % cfg.log_every == 0:
-                logger.log(step, "train", {"loss": sum(recent) / len(recent)})
-                progress.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+                final_loss = sum(recent) / len(recent)
+                logger.log(step, "train", {"loss": final_loss})
+                progress.set_postfix(loss=f"{final_loss:.3f}")
                 recent.clear()
             if step % cfg.save_every == 0 or step == cfg.steps:
                 state = _training_state(model, optimizer, schedule, ema, step)
@@ -95,6 +97,8 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         progress.close()
         logger.close()
     minutes = (time.perf_counter() - start) / 60
+    if recent:
+        final_loss = sum(recent) / len(recent)
     report: dict[str, Any] = {}
     if cfg.inspect_trajectories:
         trained = _ema_copy(model, ema).eval()
@@ -106,6 +110,7 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         "windows": len(windows),
         "minutes": minutes,
+        "final_loss": final_loss,
         "inspect": report,
     }
 
