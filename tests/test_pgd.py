@@ -581,6 +581,15 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     assert "relabel_with_simulator needs synthetic.model" in capsys.readouterr().err
     assert main(["synth", "generate", str(synth_run), "guidance=1.0"]) == 2
     assert "needs a target policy" in capsys.readouterr().err
+    for override, message in [
+        ("sampler.kind=euler", "sampler.kind 'euler'"),
+        ("sampler.guide.target=clean", "sampler.guide.target 'clean'"),
+        ("sampler.guide.schedule=cosine", "sampler.guide.schedule 'cosine'"),
+        ("sampler.guide.delay_steps=-1", "delay_steps must be >= 0"),
+        ("sampler.s_churn=-1", "s_churn=-1"),
+    ]:
+        assert main(["synth", "generate", str(synth_run), override]) == 2
+        assert message in capsys.readouterr().err
     cfg = tmp_path / "data.yaml"
     cfg.write_text(f"source: {tmp_path}\noutput: {tmp_path / 'x.hdf5'}\n")
     assert main(["offline-data", str(cfg)]) == 2

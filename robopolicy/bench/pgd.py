@@ -91,7 +91,7 @@ class Config:
     guidance: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     steps: int | None = None  # agent steps (None: the offline config's)
     check_trajectories: int = 256  # unguided vs guided comparison at the end
-    check_guidance: list[float] = field(default_factory=lambda: [0.3, 1.0, 10.0])  # extra lambdas
+    check_guidance: list[float] = field(default_factory=lambda: [0.03, 0.3])  # extra lambdas
     scaling: ScalingConfig = field(default_factory=ScalingConfig)  # dynamics-error table
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     synth_overrides: list[str] = field(default_factory=list)  # applied to model training

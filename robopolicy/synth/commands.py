@@ -29,7 +29,7 @@ class GenerateConfig:
     model: str = "???"  # a `robopolicy synth train` run or checkpoint
     trajectories: int = 256
     policy: str | None = None  # a `robopolicy offline` checkpoint: the target policy
-    guidance: float = 0.0  # lambda (needs policy)
+    guidance: float = 0.0  # lambda, in the units of `sampler` (synth/guidance.py; needs policy)
     dataset: str | None = None  # the real data to compare with (default: the model's)
     out: str | None = None  # generate: an HDF5 dataset of the synthetic trajectories
     seed: int = 0
