@@ -614,10 +614,9 @@ def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_
             datasets=[dataset],
             arms=list(ARMS),
             agents=["td3bc", "iql"],
-            guidance=[0.5, 2.0],
+            guidance={"td3bc": [0.5, 2.0], "iql": [0.5, 2.0]},
             seeds=[0, 1],
             check_trajectories=4,
-            check_guidance=[0.1],
             out_root=str(tmp_path / "b"),
         )
     )
@@ -637,7 +636,7 @@ def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_
     assert "algo: iql" in config and "guidance: 2.0" in config
     for agent in ("td3bc", "iql"):
         check = entry["synthetic_check"][agent]
-        assert set(check["by_guidance"]) == {"0", "0.1", "0.5", "2"}
+        assert set(check["by_guidance"]) == {"0", "0.5", "2"}
         by = check["by_guidance"]
         assert by["2"]["target_log_likelihood"] > by["0"]["target_log_likelihood"]
     out = next((tmp_path / "b").glob("pgd/*"))
@@ -647,8 +646,8 @@ def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_
     assert (out / "tiny.png").stat().st_size > 0
     with pytest.raises(ValueError, match="subset"):
         run(Config(datasets=[dataset], agents=["sac"], out_root=str(tmp_path / "c")))
-    with pytest.raises(ValueError, match="guidance grid"):
-        run(Config(datasets=[dataset], guidance=[], out_root=str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="guidance.iql"):
+        run(Config(datasets=[dataset], guidance={"td3bc": [1.0]}, out_root=str(tmp_path / "c")))
 
 
 def test_bench_pgd_scaling_table_trains_each_size_and_budget(medium, tmp_path) -> None:

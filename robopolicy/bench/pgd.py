@@ -3,14 +3,17 @@
 For each offline dataset (made if missing, from its SAC source run, trained if missing) the
 trajectory model is trained once, then each offline agent (``agents``: TD3+BC, IQL) runs with
 the same budget in three arms per seed: real data only; + unguided synthetic data; +
-policy-guided synthetic data, once per lambda of the ``guidance`` grid. lambda is in the units
-of the offline config's sampler: with the reference sampler (256 stochastic steps, the raw
-gradient) it is the PGD reference's lambda. Reported: final normalised return (references from
-the dataset: a random policy and the source run's final policy) per seed, each guided lambda's
-difference from real and from unguided (per seed, paired), and, for each agent's guided final
-policy as the target, synthetic data sampled unguided and guided side by side: the target's
-log-likelihood of the synthetic actions and the dynamics error (MuJoCo replay of each
-transition).
+policy-guided synthetic data, once per lambda of the agent's ``guidance`` grid. lambda is in the
+units of the offline config's sampler: with the reference sampler (256 stochastic steps, the raw
+gradient) it is the PGD reference's lambda. The grids differ by agent because the gradient of
+log pi does: TD3+BC's actor is read as N(mu(s), 1), IQL's Gaussian learns a small std, so the
+same lambda pushes IQL's samples far harder (measured: docs/benchmarks/pgd.md).
+
+Reported: final normalised return (references from the dataset: a random policy and the source
+run's final policy) per seed, each guided lambda's difference from real and from unguided (per
+seed, paired), and, for each agent's guided final policy as the target, synthetic data sampled
+unguided and at each lambda side by side: the target's log-likelihood of the synthetic actions
+and the dynamics error (MuJoCo replay of each transition).
 
 ``scaling.*`` adds the dynamics-error table of trajectory models of a few sizes and training
 budgets (``bench/pgd_scaling.py``); with ``arms: []`` it is all the bench runs
@@ -86,12 +89,13 @@ class Config:
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     agents: list[str] = field(default_factory=lambda: list(AGENTS))  # agent.algo of each run
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # lambdas of the guided arms, in the offline config's sampler units (reference sampler:
-    # the PGD reference's lambda; the total push per action entry is ~177 lambda g there)
-    guidance: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    # agent -> lambdas of its guided arms, in the offline config's sampler units (reference
+    # sampler: the PGD reference's lambda; the total push per action entry is ~177 lambda g)
+    guidance: dict[str, list[float]] = field(
+        default_factory=lambda: {"td3bc": [0.1, 0.3, 1.0], "iql": [0.003, 0.01, 0.03]}
+    )
     steps: int | None = None  # agent steps (None: the offline config's)
-    check_trajectories: int = 256  # unguided vs guided comparison at the end
-    check_guidance: list[float] = field(default_factory=lambda: [0.03, 0.3])  # extra lambdas
+    check_trajectories: int = 256  # unguided vs each guided lambda, sampled at the end
     scaling: ScalingConfig = field(default_factory=ScalingConfig)  # dynamics-error table
     overrides: list[str] = field(default_factory=list)  # applied to every offline run
     synth_overrides: list[str] = field(default_factory=list)  # applied to model training
@@ -109,8 +113,12 @@ def validate(cfg: Config) -> None:
     if agents or not cfg.agents:
         raise ValueError(f"agents {cfg.agents} must be a non-empty subset of {list(AGENTS)}")
     guided = any(arm.startswith("guided") for arm in cfg.arms)
-    if guided and (not cfg.guidance or min(cfg.guidance) <= 0):
-        raise ValueError(f"the guided arms need a guidance grid of lambdas > 0, got {cfg.guidance}")
+    for agent in cfg.agents if guided else []:
+        grid = cfg.guidance.get(agent)
+        if not grid or min(grid) <= 0:
+            raise ValueError(
+                f"the guided arms need guidance.{agent}: a grid of lambdas > 0, got {grid}"
+            )
     validate_scaling(cfg.scaling)
 
 
@@ -152,14 +160,16 @@ def run(cfg: Config) -> dict[str, Any]:
             _run_job(cfg, ds, data_path, model, agent, arm, guidance, seed, out / ds.name)
             for agent in cfg.agents
             for arm in cfg.arms
-            for guidance in (cfg.guidance if arm.startswith("guided") else [0.0])
+            for guidance in (cfg.guidance[agent] if arm.startswith("guided") else [0.0])
             for seed in cfg.seeds
         ]
         save = partial(_save, out, results)
         run_jobs(cfg.suite, executor, jobs, {ds.name: entry}, save)
         if cfg.check_trajectories:
             entry["synthetic_check"] = {
-                agent: _compare_synthetic(cfg, ds, data, data_path, model, runs[0]["checkpoint"])
+                agent: _compare_synthetic(
+                    cfg, ds, data, data_path, model, runs[0]["checkpoint"], cfg.guidance[agent]
+                )
                 for agent in cfg.agents
                 if (runs := _guided_runs(entry, agent))
             }
@@ -262,9 +272,10 @@ def _guided_runs(entry: dict, agent: str) -> list[dict]:
 
 
 def _compare_synthetic(
-    cfg: Config, ds: Dataset, data, data_path: str, model_run, agent_checkpoint
+    cfg: Config, ds: Dataset, data, data_path: str, model_run, agent_checkpoint, grid
 ) -> dict[str, Any]:
-    """Unguided and guided samples for one target policy, same noise seeds."""
+    """Unguided and guided (each lambda of ``grid``) samples for one target policy, same noise
+    seeds."""
     model, _ = load_trajectory_model(model_run)
     agent = load_offline_agent(agent_checkpoint)
     off_cfg = load_config(
@@ -272,7 +283,7 @@ def _compare_synthetic(
     )
     sampler = off_cfg.synthetic.sampler
     check: dict[str, Any] = {"target_policy": str(agent_checkpoint), "by_guidance": {}}
-    for guidance in sorted({0.0, *cfg.guidance, *cfg.check_guidance}):
+    for guidance in sorted({0.0, *grid}):
         raw = generate(model, cfg.check_trajectories, sampler, agent, guidance, seed=12345)
         check["by_guidance"][f"{guidance:g}"] = inspect_synthetic(raw, model, data, agent)
     check["real_log_likelihood"] = mean_log_likelihood(agent, data.tensors())
