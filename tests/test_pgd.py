@@ -754,6 +754,40 @@ def _synth_overrides(medium, run_dir, *extra):
     ]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_synth_train_on_a_missing_gpu_is_a_config_error(medium, tmp_path) -> None:
+    from robopolicy.config import ConfigError
+
+    cfg = load_config(None, SynthConfig, _synth_overrides(medium, tmp_path, "device=cuda"))
+    with pytest.raises(ConfigError, match="device 'cuda': CUDA is not available"):
+        train_trajectory_model(cfg)
+    assert not any(tmp_path.iterdir())  # refused before any run folder
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_synth_trains_resumes_and_samples_on_cuda(medium, tmp_path) -> None:
+    extra = ("device=cuda", "inspect_trajectories=4", "sampler.num_steps=4", "sampler.length=8")
+    run = train_trajectory_model(
+        load_config(None, SynthConfig, _synth_overrides(medium, tmp_path / "a", *extra))
+    )
+    assert run["inspect"]["dynamics"]["next_state_mse"] > 0
+    resumed = train_trajectory_model(
+        load_config(
+            None,
+            SynthConfig,
+            [f"resume={tmp_path / 'a' / 'checkpoints' / '0000002'}", f"run_dir={tmp_path / 'b'}"],
+        )
+    )
+    model, config = load_trajectory_model(resumed["checkpoint"])
+    assert config["synth"]["device"] == "cuda" and not model.normalizer.mean.is_cuda
+    sampler = SamplerConfig(num_steps=4, length=8)
+    on_cpu = generate(model, 3, sampler, seed=1)
+    on_gpu = generate(model.to("cuda"), 3, sampler, seed=1)
+    assert not on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
+
+
 def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:
     from safetensors.torch import load_file
 

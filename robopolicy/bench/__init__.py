@@ -22,6 +22,7 @@ SUITES = {
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
     "pgd_scaling": "robopolicy.bench.pgd",  # the dynamics-error table alone (scaling.*)
+    "pgd_scaling_gpu": "robopolicy.bench.pgd",  # the same table at GPU sizes (device=auto)
     "reliability": "robopolicy.bench.reliability",
 }
 

@@ -61,6 +61,7 @@ class SynthConfig:
     save_every: int = 5000
     log_every: int = 250
     num_threads: int = 0
+    device: str = "cpu"  # auto | cpu | cuda[:N]: where the model trains and samples
     inspect_trajectories: int = 256  # generated after training for inspect.json (0: skip)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 

@@ -105,19 +105,21 @@ def edm_sample(
     cfg: EDMConfig,
     guide: Guide | None = None,
     generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """EDM sampling from N(0, sigma_max^2 I): ``sampler.num_steps`` Heun steps, churned when
-    ``sampler.kind`` is ``reference``; ``guide`` moves the sample before each step."""
-    sigmas = karras_sigmas(sampler.num_steps, cfg)
-    gammas = churn_gammas(sigmas, sampler)
-    x = sigmas[0] * torch.randn(shape, generator=generator)
+    ``sampler.kind`` is ``reference``; ``guide`` moves the sample before each step. The noise
+    comes from the CPU ``generator`` on every ``device``, so a seed gives the same draws."""
+    gammas = churn_gammas(karras_sigmas(sampler.num_steps, cfg), sampler)
+    sigmas = karras_sigmas(sampler.num_steps, cfg).to(device)
+    x = sigmas[0] * torch.randn(shape, generator=generator).to(device)
     for i in range(sampler.num_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if guide is not None:
             x = guide(x, sigma, i, sampler.num_steps)
         if gammas[i] > 0:
             sigma_hat = sigma * (1 + gammas[i])
-            eps = torch.randn(shape, generator=generator)
+            eps = torch.randn(shape, generator=generator).to(device)
             x = x + (sigma_hat**2 - sigma**2).sqrt() * sampler.s_noise * eps
             sigma = sigma_hat
         slope = (x - denoiser(x, sigma)) / sigma

@@ -39,7 +39,7 @@ def generate(
     for begin in range(0, num, sampler.batch_size):
         size = min(sampler.batch_size, num - begin)
         x = model.sample(size, sampler, guide, generator)
-        parts.append(model.normalizer.unnormalize(x))
+        parts.append(model.normalizer.unnormalize(x).cpu())
     return torch.cat(parts)
 
 

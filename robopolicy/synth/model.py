@@ -70,7 +70,8 @@ class TrajectoryModel(nn.Module):
                 f"(the U-Net halves it {len(self.down_dims) - 1} times)"
             )
         shape = (num, length, self.layout.width)
-        return edm_sample(self.denoiser, shape, sampler, self.edm, guide, generator)
+        device = self.normalizer.mean.device
+        return edm_sample(self.denoiser, shape, sampler, self.edm, guide, generator, device)
 
     def describe(self) -> dict[str, Any]:
         """What ``load_trajectory_model`` needs to rebuild the network."""
