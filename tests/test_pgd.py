@@ -590,6 +590,12 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     ]:
         assert main(["synth", "generate", str(synth_run), override]) == 2
         assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["synth", "generate", str(synth_run), "device=cuda"]) == 2
+        assert "device 'cuda': CUDA is not available" in capsys.readouterr().err
+        offline = ["offline", str(bad), "synthetic.guidance=0", f"synthetic.model={synth_run}"]
+        assert main([*offline, "synthetic.device=cuda"]) == 2
+        assert "synthetic.device 'cuda'" in capsys.readouterr().err
     cfg = tmp_path / "data.yaml"
     cfg.write_text(f"source: {tmp_path}\noutput: {tmp_path / 'x.hdf5'}\n")
     assert main(["offline-data", str(cfg)]) == 2
@@ -786,6 +792,25 @@ def test_synth_trains_resumes_and_samples_on_cuda(medium, tmp_path) -> None:
     on_gpu = generate(model.to("cuda"), 3, sampler, seed=1)
     assert not on_gpu.is_cuda
     torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
+    # the pools of an offline run sampled (and guided by the CPU agent) on the GPU
+    overrides = [
+        f"dataset={medium}",
+        f"run_dir={tmp_path / 'off'}",
+        "steps=10",
+        "eval_every=0",
+        "final_eval_episodes=1",
+        "agent.hidden_dim=16",
+        "agent.batch_size=16",
+        f"synthetic.model={resumed['run_dir']}",
+        "synthetic.device=cuda",
+        "synthetic.guidance=0.5",
+        "synthetic.sampler.guide.target=denoised",
+        "synthetic.trajectories=4",
+        "synthetic.regenerate_every=5",
+        "synthetic.sampler.num_steps=4",
+        "synthetic.sampler.length=8",
+    ]
+    assert train_offline(load_config(None, OfflineConfig, overrides))["final"] is not None
 
 
 def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:

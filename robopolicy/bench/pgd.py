@@ -46,6 +46,7 @@ from robopolicy.bench.pgd_report import ARM_ORDER, arm_groups, report
 from robopolicy.bench.pgd_scaling import ScalingConfig, scaling_rows, validate_scaling
 from robopolicy.bench.report import machine_info, new_run_dir, write_results
 from robopolicy.config import CONFIG_DIR, load_config, to_dict
+from robopolicy.device import resolve_device
 from robopolicy.distributed import RayConfig
 from robopolicy.distributed.executor import Job, make_executor
 from robopolicy.files import atomic_save_figure
@@ -281,6 +282,7 @@ def _compare_synthetic(
     off_cfg = load_config(
         CONFIG_DIR / ds.offline_config, OfflineConfig, [f"dataset={data_path}", *cfg.overrides]
     )
+    model.to(resolve_device(off_cfg.synthetic.device, "synthetic.device"))
     sampler = off_cfg.synthetic.sampler
     check: dict[str, Any] = {"target_policy": str(agent_checkpoint), "by_guidance": {}}
     for guidance in sorted({0.0, *grid}):

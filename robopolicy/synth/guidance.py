@@ -61,11 +61,22 @@ def guidance_schedule(
 def action_log_likelihood(
     x: Tensor, policy: TargetPolicy, layout: RowLayout, normalizer: RowNormalizer
 ) -> Tensor:
-    """sum_t log pi(a_t | s_t) per trajectory (B,), for model-space trajectories x (B, L, F)."""
-    raw = normalizer.unnormalize(x)
+    """sum_t log pi(a_t | s_t) per trajectory (B,), for model-space trajectories x (B, L, F).
+    The policy runs where its weights are (the model may sample on a GPU while the agent trains
+    on the CPU); gradients flow back to x's device."""
+    raw = normalizer.unnormalize(x).to(_policy_device(policy, x))
     obs = raw[..., : layout.obs_dim]
     actions = torch.tanh(raw[..., layout.actions])
     return policy.log_prob(obs, actions).sum(dim=-1)
+
+
+def _policy_device(policy: TargetPolicy, x: Tensor) -> torch.device:
+    """The device of the policy's weights, or x's for a policy without any."""
+    if isinstance(policy, nn.Module):
+        weights = next(iter(policy.parameters()), None)
+        if weights is not None:
+            return weights.device
+    return x.device
 
 
 class PolicyGuide:
