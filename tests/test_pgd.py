@@ -18,9 +18,9 @@ from robopolicy.offline.config import OfflineConfig
 from robopolicy.offline.train import train_offline
 from robopolicy.rl.config import FinetuneConfig
 from robopolicy.rl.finetune import finetune
-from robopolicy.synth.config import SamplerConfig, SynthConfig
+from robopolicy.synth.config import GuideConfig, SamplerConfig, SynthConfig
 from robopolicy.synth.dynamics import dynamics_error, relabel_with_simulator
-from robopolicy.synth.edm import EDMConfig, heun_sample
+from robopolicy.synth.edm import EDMConfig, churn_gammas, edm_sample, karras_sigmas
 from robopolicy.synth.generate import generate
 from robopolicy.synth.guidance import PolicyGuide, action_log_likelihood, guidance_schedule
 from robopolicy.synth.make_data import OfflineDataConfig, make_offline_data
@@ -108,17 +108,53 @@ class _GaussianDenoiser(torch.nn.Module):
         return x * self.scale**2 / (self.scale**2 + sigma**2)
 
 
+FAST = SamplerConfig(kind="fast_heun", num_steps=48)
+
+
+@pytest.mark.parametrize("sampler", [FAST, SamplerConfig()], ids=["fast_heun", "reference"])
 @pytest.mark.parametrize("scale", [0.3, 1.5])
-def test_heun_sampler_with_the_exact_denoiser_recovers_the_data_distribution(scale) -> None:
-    samples = heun_sample(
+def test_edm_samplers_with_the_exact_denoiser_recover_the_data_distribution(scale, sampler) -> None:
+    samples = edm_sample(
         _GaussianDenoiser(scale),
         (4000, 4, 2),
-        48,
+        sampler,
         EDMConfig(),
         generator=torch.Generator().manual_seed(0),
     )
     assert samples.std().item() == pytest.approx(scale, rel=0.03)
     assert abs(samples.mean().item()) < 0.02 * scale + 0.01
+
+
+def test_churn_follows_karras_and_without_churn_the_reference_sampler_is_the_fast_one() -> None:
+    reference = SamplerConfig(num_steps=256)
+    sigmas = karras_sigmas(256, EDMConfig())
+    gammas = churn_gammas(sigmas, reference)
+    inside = (sigmas[:-1] >= 0.05) & (sigmas[:-1] <= 50.0)
+    assert inside.any() and not inside.all()
+    torch.testing.assert_close(gammas[inside], torch.full((int(inside.sum()),), 80 / 256))
+    assert gammas[~inside].abs().max() == 0
+    # few steps: gamma is capped at sqrt(2) - 1
+    assert churn_gammas(karras_sigmas(16, EDMConfig()), SamplerConfig(num_steps=16)).max() == (
+        pytest.approx(math.sqrt(2) - 1)
+    )
+    assert churn_gammas(sigmas, SamplerConfig(kind="fast_heun")).abs().max() == 0
+
+    def sample(cfg):
+        return edm_sample(
+            _GaussianDenoiser(0.7),
+            (64, 4, 2),
+            cfg,
+            EDMConfig(),
+            None,
+            torch.Generator().manual_seed(3),
+        )
+
+    no_churn = SamplerConfig(num_steps=24, s_churn=0.0)
+    torch.testing.assert_close(
+        sample(no_churn), sample(SamplerConfig(kind="fast_heun", num_steps=24)), rtol=0, atol=0
+    )
+    churned = sample(SamplerConfig(num_steps=24))
+    assert not torch.allclose(churned, sample(no_churn))
 
 
 # ---- guidance -------------------------------------------------------------------------------
@@ -156,13 +192,15 @@ def test_guidance_step_matches_the_hand_computed_gradient() -> None:
     u = x[..., 3:5] * std[3:5] + mean[3:5]
     a = torch.tanh(u)
     grad = -(a - policy.mean(s)) / policy.sigma**2 * (1 - a**2) * std[3:5]
-    expected = grad / (grad.flatten(1).norm(dim=1)[:, None, None] + 1e-8)
-    guide = PolicyGuide(policy, 0.5, layout, normalizer)
-    direction = guide.direction(x)
-    torch.testing.assert_close(direction[..., 3:5], expected, atol=1e-5, rtol=1e-4)
-    assert direction[..., :3].abs().max() == 0 and direction[..., 5:].abs().max() == 0
+    raw = PolicyGuide(policy, 0.5, layout, normalizer).gradient(x)  # the reference: no norm
+    torch.testing.assert_close(raw[..., 3:5], grad, atol=1e-5, rtol=1e-4)
+    assert raw[..., :3].abs().max() == 0 and raw[..., 5:].abs().max() == 0
+    normalized = grad / (grad.flatten(1).norm(dim=1)[:, None, None] + 1e-8)
+    guide = PolicyGuide(policy, 0.5, layout, normalizer, GuideConfig(normalize=True))
+    direction = guide.gradient(x)
+    torch.testing.assert_close(direction[..., 3:5], normalized, atol=1e-5, rtol=1e-4)
     # one sampler step moves exactly lambda_i along it
-    moved = guide(x, 2, 8)
+    moved = guide(x, torch.tensor(1.0), 2, 8)
     torch.testing.assert_close(moved - x, guidance_schedule(0.5, 2, 8) * direction)
 
 
@@ -171,7 +209,15 @@ def test_guidance_schedule_follows_the_anchor_formula_and_ends_at_zero() -> None
     for i in range(n - 1):
         expected = 2.0 * ((1 - i / n) + 0.3 * math.sin(math.pi * (i + 1) / n))
         assert guidance_schedule(2.0, i, n) == pytest.approx(expected)
+        c = 0.7
+        expected = 2.0 * ((1 - i / n) + c * math.sin(math.pi * (i + 1) / n))
+        assert guidance_schedule(2.0, i, n, GuideConfig(sine_weight=c)) == pytest.approx(expected)
+        assert guidance_schedule(2.0, i, n, GuideConfig(schedule="constant")) == 2.0
     assert guidance_schedule(2.0, n - 1, n) == 0.0
+    assert guidance_schedule(2.0, n - 1, n, GuideConfig(schedule="constant")) == 0.0
+    delayed = GuideConfig(delay_steps=3)
+    assert [guidance_schedule(2.0, i, n, delayed) for i in range(3)] == [0.0] * 3
+    assert guidance_schedule(2.0, 3, n, delayed) == guidance_schedule(2.0, 3, n)
 
 
 def _tiny_model(layout, normalizer=None) -> TrajectoryModel:
@@ -192,9 +238,9 @@ def test_coefficient_zero_equals_unguided_and_guidance_raises_the_likelihood() -
 
     def sample(coefficient):
         guide = PolicyGuide(policy, coefficient, layout, model.normalizer)
-        return model.sample(32, 8, 6, guide, torch.Generator().manual_seed(5))
+        return model.sample(32, sampler, guide, torch.Generator().manual_seed(5))
 
-    unguided = model.sample(32, 8, 6, None, torch.Generator().manual_seed(5))
+    unguided = model.sample(32, sampler, None, torch.Generator().manual_seed(5))
     torch.testing.assert_close(sample(0.0), unguided, rtol=0, atol=0)
     torch.testing.assert_close(
         generate(model, 32, sampler, seed=5), generate(model, 32, sampler, policy, 0.0, seed=5)
@@ -205,6 +251,95 @@ def test_coefficient_zero_equals_unguided_and_guidance_raises_the_likelihood() -
     assert lik(guided) > lik(unguided) + 1.0
     with pytest.raises(ValueError, match="needs a target policy"):
         generate(model, 4, sampler, None, 1.0)
+
+
+class _UnitGradientGuide(PolicyGuide):
+    """PolicyGuide whose gradient is 1 on every action entry: the push is the schedule alone."""
+
+    def __init__(self, coefficient: float, guide: GuideConfig) -> None:
+        layout, normalizer = _layout_and_normalizer()
+        super().__init__(None, coefficient, layout, normalizer, guide)
+
+    def gradient(self, x):
+        step = torch.zeros_like(x)
+        step[..., self.layout.actions] = 1.0
+        if self.options.normalize:
+            step = step / step.flatten(1).norm(dim=1)[:, None, None]
+        return step
+
+
+@pytest.mark.parametrize(
+    "guide, total",
+    [
+        # lambda sum_{i<N-1} [(1 - i/N) + 0.3 sin(pi (i+1)/N)]
+        #   = lambda [(N-1) - (N-2)(N-1)/(2N) + 0.3 cot(pi / 2N)] = 177.3879 lambda at N = 256
+        (GuideConfig(), 177.3879),
+        (GuideConfig(delay_steps=10), 167.3615),  # the same sum from i = 10
+        (GuideConfig(schedule="constant"), 255.0),  # lambda (N - 1)
+        (GuideConfig(normalize=True), 177.3879),  # now the push's norm per trajectory
+    ],
+    ids=["reference", "delay10", "constant", "normalized"],
+)
+def test_total_guidance_push_per_sample_is_pinned_in_the_reference_units(guide, total) -> None:
+    """The units of lambda: 256 reference steps, each pushing lambda_i g. A change to the step
+    accounting, the schedule or the normalisation shifts these numbers."""
+    coefficient = 0.5
+    unit = _UnitGradientGuide(coefficient, guide)
+    pushes = []
+
+    def spy(x, sigma, step, num_steps):
+        moved = unit(x, sigma, step, num_steps)
+        pushes.append(moved - x)
+        return moved
+
+    width = unit.layout.width
+    edm_sample(
+        _GaussianDenoiser(1.0),
+        (2, 4, width),
+        SamplerConfig(),
+        EDMConfig(),
+        spy,
+        torch.Generator().manual_seed(0),
+    )
+    assert len(pushes) == 256
+    summed = torch.stack(pushes).sum(dim=0)
+    actions = summed[..., unit.layout.actions]
+    assert summed[..., : unit.layout.obs_dim].abs().max() == 0
+    assert summed[..., unit.layout.reward :].abs().max() == 0
+    if guide.normalize:
+        per_sample = actions.flatten(1).norm(dim=1)
+        torch.testing.assert_close(
+            per_sample, torch.full((2,), coefficient * total), atol=1e-3, rtol=0
+        )
+    else:
+        torch.testing.assert_close(
+            actions, torch.full_like(actions, coefficient * total), atol=1e-3, rtol=0
+        )
+    first = [float(p.abs().max()) for p in pushes[: guide.delay_steps + 1]]
+    assert first[:-1] == [0.0] * guide.delay_steps and first[-1] > 0
+    assert pushes[-1].abs().max() == 0
+
+
+def test_guidance_on_the_denoised_estimate_pushes_the_noisy_sample() -> None:
+    layout, normalizer = _layout_and_normalizer()
+    policy = _LinearGaussianPolicy(
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(2)), 0.5
+    )
+    denoiser = _GaussianDenoiser(0.8)
+    x = 3.0 * torch.randn(4, 6, layout.width, generator=torch.Generator().manual_seed(4))
+    sigma = torch.tensor(2.5)
+    noisy = PolicyGuide(policy, 0.5, layout, normalizer)
+    denoised = PolicyGuide(
+        policy, 0.5, layout, normalizer, GuideConfig(target="denoised"), denoiser
+    )
+    weight = guidance_schedule(0.5, 3, 16)
+    torch.testing.assert_close(
+        denoised(x, sigma, 3, 16) - x, weight * noisy.gradient(denoiser(x, sigma))
+    )
+    torch.testing.assert_close(noisy(x, sigma, 3, 16) - x, weight * noisy.gradient(x))
+    assert not torch.allclose(denoised(x, sigma, 3, 16), noisy(x, sigma, 3, 16))
+    with pytest.raises(ValueError, match="needs the denoiser"):
+        PolicyGuide(policy, 0.5, layout, normalizer, GuideConfig(target="denoised"))
 
 
 # ---- transitions and pools --------------------------------------------------------------------
@@ -446,12 +581,27 @@ def test_offline_commands_report_bad_input(medium, synth_run, tmp_path, capsys) 
     assert "relabel_with_simulator needs synthetic.model" in capsys.readouterr().err
     assert main(["synth", "generate", str(synth_run), "guidance=1.0"]) == 2
     assert "needs a target policy" in capsys.readouterr().err
+    for override, message in [
+        ("sampler.kind=euler", "sampler.kind 'euler'"),
+        ("sampler.guide.target=clean", "sampler.guide.target 'clean'"),
+        ("sampler.guide.schedule=cosine", "sampler.guide.schedule 'cosine'"),
+        ("sampler.guide.delay_steps=-1", "delay_steps must be >= 0"),
+        ("sampler.s_churn=-1", "s_churn=-1"),
+    ]:
+        assert main(["synth", "generate", str(synth_run), override]) == 2
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["synth", "generate", str(synth_run), "device=cuda"]) == 2
+        assert "device 'cuda': CUDA is not available" in capsys.readouterr().err
+        offline = ["offline", str(bad), "synthetic.guidance=0", f"synthetic.model={synth_run}"]
+        assert main([*offline, "synthetic.device=cuda"]) == 2
+        assert "synthetic.device 'cuda'" in capsys.readouterr().err
     cfg = tmp_path / "data.yaml"
     cfg.write_text(f"source: {tmp_path}\noutput: {tmp_path / 'x.hdf5'}\n")
     assert main(["offline-data", str(cfg)]) == 2
 
 
-def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
+def test_bench_pgd_runs_both_agents_over_the_lambda_grid_and_compares_synthetic_data(
     medium, synth_run, tmp_path
 ) -> None:
     from robopolicy.bench.pgd import ARMS, Config, Dataset, run
@@ -460,34 +610,97 @@ def test_bench_pgd_runs_the_three_arms_and_compares_synthetic_data(
     data_cfg.write_text(f"source: unused\noutput: {medium}\n")
     offline_cfg = tmp_path / "offline.yaml"
     offline_cfg.write_text(
-        "steps: 10\neval_every: 0\nfinal_eval_episodes: 1\nnum_threads: 1\n"
+        "steps: 10\neval_every: 5\neval_episodes: 1\nfinal_eval_episodes: 1\nnum_threads: 1\n"
         "agent: {hidden_dim: 16, batch_size: 16}\n"
-        "synthetic: {trajectories: 4, regenerate_every: 5, sampler: {num_steps: 2, length: 8}}\n"
+        "synthetic: {trajectories: 4, regenerate_every: 5, sampler: {num_steps: 8, length: 8}}\n"
     )
     dataset = Dataset("tiny", str(data_cfg), "unused", str(offline_cfg), model=str(synth_run))
     results = run(
         Config(
             datasets=[dataset],
             arms=list(ARMS),
-            seeds=[0],
+            agents=["td3bc", "iql"],
+            guidance={"td3bc": [0.5, 2.0], "iql": [0.5, 2.0]},
+            seeds=[0, 1],
             check_trajectories=4,
-            check_guidance=[0.5],
             out_root=str(tmp_path / "b"),
         )
     )
     entry = results["datasets"]["tiny"]
-    assert sorted(entry["runs"]) == [
-        "guided/seed0",
-        "guided_oracle/seed0",
-        "real/seed0",
-        "unguided/seed0",
-        "unguided_oracle/seed0",
-    ]
-    check = entry["synthetic_check"]
-    assert {"unguided", "guided"} <= set(check)
-    assert check["guided"]["target_log_likelihood"] > check["unguided"]["target_log_likelihood"]
-    report = next((tmp_path / "b").glob("pgd/*/report.md")).read_text()
+    labels = ["real", "unguided", "guided-lam0.5", "guided-lam2"]
+    labels += ["unguided_oracle", "guided_oracle-lam0.5", "guided_oracle-lam2"]
+    assert sorted(entry["runs"]) == sorted(
+        f"{agent}/{label}/seed{seed}"
+        for agent in ("td3bc", "iql")
+        for label in labels
+        for seed in (0, 1)
+    )
+    run_ = entry["runs"]["iql/guided-lam2/seed1"]
+    assert (run_["agent"], run_["arm"], run_["guidance"], run_["seed"]) == ("iql", "guided", 2.0, 1)
+    assert [step for step, _ in run_["curve"]] == [5, 10]
+    config = (Path(run_["checkpoint"]) / "config.yaml").read_text()
+    assert "algo: iql" in config and "guidance: 2.0" in config
+    for agent in ("td3bc", "iql"):
+        check = entry["synthetic_check"][agent]
+        assert set(check["by_guidance"]) == {"0", "0.5", "2"}
+        by = check["by_guidance"]
+        assert by["2"]["target_log_likelihood"] > by["0"]["target_log_likelihood"]
+    out = next((tmp_path / "b").glob("pgd/*"))
+    report = (out / "report.md").read_text()
+    assert "guided > both" in report and "### iql" in report and "− unguided" in report
     assert "normalised return per seed" in report and "next-state MSE" in report
+    assert (out / "tiny.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="subset"):
+        run(Config(datasets=[dataset], agents=["sac"], out_root=str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="guidance.iql"):
+        run(Config(datasets=[dataset], guidance={"td3bc": [1.0]}, out_root=str(tmp_path / "c")))
+
+
+def test_bench_pgd_scaling_table_trains_each_size_and_budget(medium, tmp_path) -> None:
+    from robopolicy.bench.pgd import Config, Dataset, run
+    from robopolicy.bench.pgd_scaling import ScalingConfig
+
+    data_cfg = tmp_path / "data.yaml"
+    data_cfg.write_text(f"source: unused\noutput: {medium}\n")
+    synth_cfg = tmp_path / "synth.yaml"
+    synth_cfg.write_text(
+        "horizon: 8\nstride: 4\nbatch_size: 8\nwarmup_steps: 100\nnum_threads: 1\n"
+        "sampler: {num_steps: 2, length: 8}\n"
+    )
+    dataset = Dataset("tiny", str(data_cfg), str(synth_cfg), "unused")
+    scaling = ScalingConfig(down_dims=[[8, 16], [16, 32]], steps=[2, 3], trajectories=4)
+    results = run(
+        Config(datasets=[dataset], arms=[], scaling=scaling, out_root=str(tmp_path / "b"))
+    )
+    table = results["scaling"]
+    assert [(r["down_dims"], r["steps"]) for r in table] == [
+        ([8, 16], 2),
+        ([8, 16], 3),
+        ([16, 32], 2),
+        ([16, 32], 3),
+    ]
+    assert table[0]["parameters"] == table[1]["parameters"] < table[2]["parameters"]
+    assert all(r["dynamics"]["next_state_mse"] > 0 and r["final_loss"] > 0 for r in table)
+    saved = load_trajectory_model(table[3]["run_dir"])[1]["synth"]
+    assert (saved["steps"], saved["warmup_steps"], saved["down_dims"]) == (3, 1, [16, 32])
+    assert results["datasets"]["tiny"]["runs"] == {}
+    out = next((tmp_path / "b").glob("pgd/*"))
+    assert not (out / "tiny" / "trajectory_model").exists()  # no arms: no bench model
+    report = (out / "report.md").read_text()
+    assert "Dynamics error against trajectory-model size" in report and "[16, 32]" in report
+    with pytest.raises(ValueError, match="scaling.steps"):
+        run(Config(datasets=[dataset], scaling=ScalingConfig(down_dims=[[8, 16]])))
+
+
+def test_paired_differences_of_the_report() -> None:
+    from robopolicy.bench.pgd_report import paired_difference
+
+    def runs(*scores):
+        return [{"seed": s, "final_normalized": v} for s, v in enumerate(scores)]
+
+    mean, std, n = paired_difference(runs(10.0, 14.0, 9.0), runs(8.0, 10.0, 9.0))
+    assert (mean, n) == (pytest.approx(2.0), 3) and std == pytest.approx(np.std([2, 4, 0]))
+    assert paired_difference(runs(1.0), []) is None
 
 
 def test_mixed_quality_manipulation_dataset_trains_an_offline_agent(tmp_path) -> None:
@@ -545,6 +758,59 @@ def _synth_overrides(medium, run_dir, *extra):
         "num_threads=1",
         *extra,
     ]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_synth_train_on_a_missing_gpu_is_a_config_error(medium, tmp_path) -> None:
+    from robopolicy.config import ConfigError
+
+    cfg = load_config(None, SynthConfig, _synth_overrides(medium, tmp_path, "device=cuda"))
+    with pytest.raises(ConfigError, match="device 'cuda': CUDA is not available"):
+        train_trajectory_model(cfg)
+    assert not any(tmp_path.iterdir())  # refused before any run folder
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_synth_trains_resumes_and_samples_on_cuda(medium, tmp_path) -> None:
+    extra = ("device=cuda", "inspect_trajectories=4", "sampler.num_steps=4", "sampler.length=8")
+    run = train_trajectory_model(
+        load_config(None, SynthConfig, _synth_overrides(medium, tmp_path / "a", *extra))
+    )
+    assert run["inspect"]["dynamics"]["next_state_mse"] > 0
+    resumed = train_trajectory_model(
+        load_config(
+            None,
+            SynthConfig,
+            [f"resume={tmp_path / 'a' / 'checkpoints' / '0000002'}", f"run_dir={tmp_path / 'b'}"],
+        )
+    )
+    model, config = load_trajectory_model(resumed["checkpoint"])
+    assert config["synth"]["device"] == "cuda" and not model.normalizer.mean.is_cuda
+    sampler = SamplerConfig(num_steps=4, length=8)
+    on_cpu = generate(model, 3, sampler, seed=1)
+    on_gpu = generate(model.to("cuda"), 3, sampler, seed=1)
+    assert not on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)
+    # the pools of an offline run sampled (and guided by the CPU agent) on the GPU
+    overrides = [
+        f"dataset={medium}",
+        f"run_dir={tmp_path / 'off'}",
+        "steps=10",
+        "eval_every=0",
+        "final_eval_episodes=1",
+        "agent.hidden_dim=16",
+        "agent.batch_size=16",
+        f"synthetic.model={resumed['run_dir']}",
+        "synthetic.device=cuda",
+        "synthetic.guidance=0.5",
+        "synthetic.sampler.guide.target=denoised",
+        "synthetic.trajectories=4",
+        "synthetic.regenerate_every=5",
+        "synthetic.sampler.num_steps=4",
+        "synthetic.sampler.length=8",
+    ]
+    assert train_offline(load_config(None, OfflineConfig, overrides))["final"] is not None
 
 
 def test_synth_and_offline_training_resume_exactly(medium, tmp_path) -> None:

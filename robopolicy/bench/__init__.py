@@ -21,6 +21,8 @@ SUITES = {
     "dsrl": "robopolicy.bench.rl",
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA
     "pgd": "robopolicy.bench.pgd",
+    "pgd_scaling": "robopolicy.bench.pgd",  # the dynamics-error table alone (scaling.*)
+    "pgd_scaling_gpu": "robopolicy.bench.pgd",  # the same table at GPU sizes (device=auto)
     "reliability": "robopolicy.bench.reliability",
     "robosuite": "robopolicy.bench.robosuite",  # the field's tasks: bc, rti, rl, throughput
 }

@@ -19,6 +19,7 @@ class SyntheticDataConfig:
     # diagnostic (oracle dynamics): keep the generated (s, a), take next state, reward and
     # termination from the simulator (gymnasium MuJoCo tasks only)
     relabel_with_simulator: bool = False
+    device: str = "cpu"  # auto | cpu | cuda[:N]: where the trajectory model samples the pools
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 

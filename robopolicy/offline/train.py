@@ -29,6 +29,7 @@ from robopolicy.checkpoint import (
     saved_config,
 )
 from robopolicy.config import to_dict
+from robopolicy.device import resolve_device
 from robopolicy.files import atomic_save_figure, atomic_write_text
 from robopolicy.offline.agents import OfflineAgent
 from robopolicy.offline.config import OfflineConfig, validate_offline_config
@@ -56,6 +57,7 @@ def train_offline(cfg: OfflineConfig) -> dict[str, Any]:
     model = None
     if cfg.synthetic.model:
         model, _ = load_trajectory_model(cfg.synthetic.model)
+        model.to(resolve_device(cfg.synthetic.device, "synthetic.device"))
         dims = (real.obs.shape[1], real.actions.shape[1])
         if (model.layout.obs_dim, model.layout.action_dim) != dims:
             raise ValueError(

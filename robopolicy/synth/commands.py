@@ -15,6 +15,7 @@ from typing import Any
 
 from robopolicy.checkpoint import resolve_checkpoint
 from robopolicy.data.hdf5 import make_env_args, write_dataset
+from robopolicy.device import resolve_device
 from robopolicy.files import atomic_write_json
 from robopolicy.synth.config import SamplerConfig, validate_sampler
 from robopolicy.synth.generate import generate, inspect_synthetic
@@ -29,10 +30,11 @@ class GenerateConfig:
     model: str = "???"  # a `robopolicy synth train` run or checkpoint
     trajectories: int = 256
     policy: str | None = None  # a `robopolicy offline` checkpoint: the target policy
-    guidance: float = 0.0  # lambda (needs policy)
+    guidance: float = 0.0  # lambda, in the units of `sampler` (synth/guidance.py; needs policy)
     dataset: str | None = None  # the real data to compare with (default: the model's)
     out: str | None = None  # generate: an HDF5 dataset of the synthetic trajectories
     seed: int = 0
+    device: str = "cpu"  # auto | cpu | cuda[:N]: where the model samples
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
@@ -44,6 +46,7 @@ def run_generate(
     validate_sampler(cfg.sampler)
     model_path = resolve_checkpoint(cfg.model)
     model, model_config = load_trajectory_model(model_path)
+    model.to(resolve_device(cfg.device))
     policy = load_policy(cfg.policy) if cfg.policy else None
     data = load_offline_data(cfg.dataset or model_config["synth"]["dataset"])
     raw = generate(model, cfg.trajectories, cfg.sampler, policy, cfg.guidance, cfg.seed)

@@ -1,5 +1,5 @@
-"""EDM (Karras et al. 2022): the denoiser's preconditioning, its training loss and the
-deterministic Heun sampler, over (B, L, F) trajectories.
+"""EDM (Karras et al. 2022): the denoiser's preconditioning, its training loss and its Heun
+sampler (stochastic, as the PGD reference samples, or deterministic), over (B, L, F) trajectories.
 
     D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)
     c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
@@ -7,16 +7,26 @@ deterministic Heun sampler, over (B, L, F) trajectories.
 Training draws ln(sigma) ~ N(P_mean, P_std^2) and weights the squared error by
 (sigma^2 + sd^2) / (sigma sd)^2, so every noise level contributes on the same scale. Sampling
 walks sigma_max -> sigma_min on the rho-warped grid with Heun's second-order step, and a last
-Euler step to sigma = 0.
+Euler step to sigma = 0. The stochastic sampler (Karras et al. Algorithm 2) first "churns" each
+step: it raises the noise level to sigma_hat = sigma (1 + gamma) by adding fresh noise,
+
+    x_hat = x + sqrt(sigma_hat^2 - sigma^2) S_noise eps,   gamma = min(S_churn / N, sqrt(2) - 1)
+    where S_tmin <= sigma <= S_tmax (else 0),
+
+then takes the Heun step from (x_hat, sigma_hat). The PGD reference's Euler predictor starts
+from the un-churned x; here it starts from x_hat, as in Algorithm 2.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from robopolicy.synth.config import SamplerConfig
 
 # The U-Net's sinusoidal time embedding resolves inputs on a 0..1000 scale (diffusion steps);
 # c_noise = ln(sigma)/4 spans about -1.6..1.1, so it is stretched onto that scale.
@@ -72,26 +82,46 @@ def karras_sigmas(num_steps: int, cfg: EDMConfig) -> Tensor:
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
 
 
-# guide(x, step_index, num_steps) -> x: moves the sample before each sampler step
-Guide = Callable[[Tensor, int, int], Tensor]
+# guide(x, sigma, step_index, num_steps) -> x: moves the sample before each sampler step
+Guide = Callable[[Tensor, Tensor, int, int], Tensor]
+
+
+def churn_gammas(sigmas: Tensor, sampler: SamplerConfig) -> Tensor:
+    """gamma_i of each step i < N (zeros for the deterministic sampler)."""
+    num_steps = len(sigmas) - 1
+    if sampler.kind != "reference" or sampler.s_churn == 0:
+        return torch.zeros(num_steps)
+    gamma = min(sampler.s_churn / num_steps, math.sqrt(2) - 1)
+    levels = sigmas[:-1]
+    inside = (levels >= sampler.s_tmin) & (levels <= sampler.s_tmax)
+    return torch.where(inside, gamma, 0.0)
 
 
 @torch.no_grad()
-def heun_sample(
-    denoiser: EDMDenoiser,
+def edm_sample(
+    denoiser: nn.Module,
     shape: tuple[int, ...],
-    num_steps: int,
+    sampler: SamplerConfig,
     cfg: EDMConfig,
     guide: Guide | None = None,
     generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Deterministic EDM sampling (no churn) from N(0, sigma_max^2 I)."""
-    sigmas = karras_sigmas(num_steps, cfg)
-    x = sigmas[0] * torch.randn(shape, generator=generator)
-    for i in range(num_steps):
-        if guide is not None:
-            x = guide(x, i, num_steps)
+    """EDM sampling from N(0, sigma_max^2 I): ``sampler.num_steps`` Heun steps, churned when
+    ``sampler.kind`` is ``reference``; ``guide`` moves the sample before each step. The noise
+    comes from the CPU ``generator`` on every ``device``, so a seed gives the same draws."""
+    gammas = churn_gammas(karras_sigmas(sampler.num_steps, cfg), sampler)
+    sigmas = karras_sigmas(sampler.num_steps, cfg).to(device)
+    x = sigmas[0] * torch.randn(shape, generator=generator).to(device)
+    for i in range(sampler.num_steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if guide is not None:
+            x = guide(x, sigma, i, sampler.num_steps)
+        if gammas[i] > 0:
+            sigma_hat = sigma * (1 + gammas[i])
+            eps = torch.randn(shape, generator=generator).to(device)
+            x = x + (sigma_hat**2 - sigma**2).sqrt() * sampler.s_noise * eps
+            sigma = sigma_hat
         slope = (x - denoiser(x, sigma)) / sigma
         x_next = x + (sigma_next - sigma) * slope
         if sigma_next > 0:  # Heun's correction, except on the final step to sigma = 0

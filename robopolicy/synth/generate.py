@@ -26,11 +26,11 @@ def generate(
     seed: int = 0,
 ) -> Tensor:
     """``num`` raw (unnormalised) trajectories (num, length, width), policy-guided when
-    ``guidance`` > 0."""
+    ``guidance`` > 0 (lambda in the units of ``sampler``'s kind and step count: see guidance.py)."""
     if guidance > 0 and policy is None:
         raise ValueError("guidance > 0 needs a target policy")
     guide = (
-        PolicyGuide(policy, guidance, model.layout, model.normalizer)
+        PolicyGuide(policy, guidance, model.layout, model.normalizer, sampler.guide, model.denoiser)
         if policy is not None and guidance > 0
         else None
     )
@@ -38,8 +38,8 @@ def generate(
     parts = []
     for begin in range(0, num, sampler.batch_size):
         size = min(sampler.batch_size, num - begin)
-        x = model.sample(size, sampler.length, sampler.num_steps, guide, generator)
-        parts.append(model.normalizer.unnormalize(x))
+        x = model.sample(size, sampler, guide, generator)
+        parts.append(model.normalizer.unnormalize(x).cpu())
     return torch.cat(parts)
 
 

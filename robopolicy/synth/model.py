@@ -23,7 +23,8 @@ from robopolicy.checkpoint import (
     resolve_checkpoint,
 )
 from robopolicy.nets.unet1d import ConditionalUnet1D
-from robopolicy.synth.edm import EDMConfig, EDMDenoiser, Guide, edm_loss, heun_sample
+from robopolicy.synth.config import SamplerConfig
+from robopolicy.synth.edm import EDMConfig, EDMDenoiser, Guide, edm_loss, edm_sample
 from robopolicy.synth.trajectories import RowLayout, RowNormalizer
 
 
@@ -57,19 +58,20 @@ class TrajectoryModel(nn.Module):
     def sample(
         self,
         num: int,
-        length: int,
-        num_steps: int,
+        sampler: SamplerConfig,
         guide: Guide | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """(num, length, width) trajectories in model space (standardised)."""
+        """(num, sampler.length, width) trajectories in model space (standardised)."""
+        length = sampler.length
         if length % self.horizon_multiple:
             raise ValueError(
                 f"trajectory length {length} must be a multiple of {self.horizon_multiple} "
                 f"(the U-Net halves it {len(self.down_dims) - 1} times)"
             )
         shape = (num, length, self.layout.width)
-        return heun_sample(self.denoiser, shape, num_steps, self.edm, guide, generator)
+        device = self.normalizer.mean.device
+        return edm_sample(self.denoiser, shape, sampler, self.edm, guide, generator, device)
 
     def describe(self) -> dict[str, Any]:
         """What ``load_trajectory_model`` needs to rebuild the network."""

@@ -1,8 +1,9 @@
 """``robopolicy synth train CONFIG``: fit the trajectory diffusion model to an offline dataset.
 
 AdamW with a linear warm-up and cosine decay, an EMA of the weights (what is saved and
-sampled), windows drawn uniformly. After training, ``inspect_trajectories`` unguided samples
-are generated and compared with the data (``inspect.json``: dynamics error, statistics).
+sampled), windows drawn uniformly, on ``device`` (the CPU by default; checkpoints load on the
+CPU). After training, ``inspect_trajectories`` unguided samples are generated and compared with
+the data (``inspect.json``: dynamics error, statistics).
 ``resume=`` continues from a checkpoint (raw weights, optimiser, schedule, EMA, step, RNG).
 """
 
@@ -28,6 +29,7 @@ from robopolicy.checkpoint import (
     saved_config,
 )
 from robopolicy.config import to_dict
+from robopolicy.device import resolve_device
 from robopolicy.files import atomic_write_json, atomic_write_text
 from robopolicy.runlog import RunLogger, make_run_dir
 from robopolicy.synth.config import SynthConfig, require_dataset, validate_sampler
@@ -44,6 +46,7 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         cfg = saved_config(resume_from, "synth", SynthConfig, cfg.run_dir)
     require_dataset(cfg)
     validate_sampler(cfg.sampler)
+    device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -57,13 +60,15 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
             f"down_dims {cfg.down_dims}"
         )
     model.normalizer.fit(windows)
-    normalized = model.normalizer.normalize(windows)
+    normalized = model.normalizer.normalize(windows).to(device)
+    model.to(device)
     run_dir = make_run_dir(cfg.run_dir, cfg.name, resume_from)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg))))
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.denoiser.parameters(), lr=cfg.lr)
     schedule = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     first = 1 + (_restore(resume_from, model, optimizer, schedule, ema) if resume_from else 0)
+    ema.to(device)  # restored shadow weights load on the CPU
     logger = RunLogger(run_dir, enabled=True)
     start = time.perf_counter()
     checkpoint = resume_from
@@ -71,9 +76,11 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc=f"synth {cfg.name}"
     )
     recent: list[float] = []
+    final_loss: float | None = None  # the mean loss of the last logged (or unlogged) steps
     try:
         for step in progress:
-            batch = normalized[torch.randint(0, len(normalized), (cfg.batch_size,))]
+            # indices from the CPU generator: the same windows, and resumes, on any device
+            batch = normalized[torch.randint(0, len(normalized), (cfg.batch_size,)).to(device)]
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite EDM loss at step {step}")
@@ -85,8 +92,9 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
             ema.step(model.parameters())
             recent.append(loss.item())
             if step % cfg.log_every == 0:
-                logger.log(step, "train", {"loss": sum(recent) / len(recent)})
-                progress.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+                final_loss = sum(recent) / len(recent)
+                logger.log(step, "train", {"loss": final_loss})
+                progress.set_postfix(loss=f"{final_loss:.3f}")
                 recent.clear()
             if step % cfg.save_every == 0 or step == cfg.steps:
                 state = _training_state(model, optimizer, schedule, ema, step)
@@ -95,6 +103,8 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         progress.close()
         logger.close()
     minutes = (time.perf_counter() - start) / 60
+    if recent:
+        final_loss = sum(recent) / len(recent)
     report: dict[str, Any] = {}
     if cfg.inspect_trajectories:
         trained = _ema_copy(model, ema).eval()
@@ -106,6 +116,7 @@ def train_trajectory_model(cfg: SynthConfig) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         "windows": len(windows),
         "minutes": minutes,
+        "final_loss": final_loss,
         "inspect": report,
     }
 
