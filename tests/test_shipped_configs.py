@@ -63,5 +63,7 @@ def test_dsrl_gpu_configs_use_the_reference_networks(name) -> None:
 
 def test_dsrl_sac_pickplace_bounds_its_td_targets_to_the_reachable_returns() -> None:
     cfg = load_config(CONFIG_DIR / "rl" / "dsrl_sac_pickplace.yaml", FinetuneConfig)
-    assert cfg.reward_offset == -1.0 and not cfg.agent.backup_entropy  # r in {-1, 0}, no bonus
-    assert cfg.agent.value_bounds == pytest.approx([-1.0 / (1.0 - cfg.agent.gamma), 0.0])
+    # r - 1 per executed step summed over the 8-step chunk: [-8, 0] per chunk, no bonus
+    assert cfg.reward_offset == -1.0 and cfg.dsrl_reward == "per_env_step"
+    assert not cfg.agent.backup_entropy
+    assert cfg.agent.value_bounds == pytest.approx([-8.0 / (1.0 - cfg.agent.gamma), 0.0])

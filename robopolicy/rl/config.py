@@ -9,6 +9,9 @@ from robopolicy.device import resolve_device
 from robopolicy.rl.agent_config import AgentConfig, validate_agent_config
 
 NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
+# DSRL: where reward_offset applies: once per executed env step, summed over the chunk (the
+# reference's), or once per chunk (this project's first form)
+DSRL_REWARDS = ("per_env_step", "per_chunk")
 
 METHODS = ("residual", "dsrl_sac", "dsrl_na", "scratch")
 BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na")  # methods that wrap a frozen BC policy
@@ -58,6 +61,11 @@ class FinetuneConfig:
     # or of the executed steps only, the rest held at zero (executed: action_horizon x A)
     dsrl_noise: str = "chunk"
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
+    # DSRL: per_env_step adds reward_offset to each executed env step's reward and sums over
+    # the chunk (DSRL's reference: a chunk's sparse reward lies in [-action_horizon, 0]);
+    # per_chunk adds it once to the chunk's summed reward ({-1, 0} per chunk). The two agree
+    # for one-step methods.
+    dsrl_reward: str = "per_env_step"
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
     seed: int = 0
@@ -111,6 +119,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             "residual_gripper_by_critic: only for method residual, and not together with "
             f"residual_gripper_gain (got method {cfg.method}, gain {cfg.residual_gripper_gain})"
         )
+    if cfg.dsrl_reward not in DSRL_REWARDS:
+        raise ValueError(f"dsrl_reward {cfg.dsrl_reward!r} not in {DSRL_REWARDS}")
     if cfg.dsrl_noise not in NOISE_SPANS:
         raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in {NOISE_SPANS}")
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":

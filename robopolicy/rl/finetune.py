@@ -287,7 +287,7 @@ def _train_loop(run: Run) -> None:
             online.add(
                 state,
                 step.critic_action,
-                step.reward + cfg.reward_offset,
+                stored_reward(cfg, step),
                 step.next_state,
                 torch.as_tensor(step.terminated),
                 torch.as_tensor(step.truncated),
@@ -521,6 +521,15 @@ def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor
     if cfg.method == "residual":
         return (cfg.agent.explore_std * scale * torch.randn(n, action_dim)).clamp(-scale, scale)
     return scale * (2 * torch.rand(n, action_dim) - 1)
+
+
+def stored_reward(cfg: FinetuneConfig, step: Step) -> torch.Tensor:
+    """The reward the replay keeps: the env's plus ``reward_offset`` per executed env step
+    (``dsrl_reward: per_env_step``, DSRL's reference) or once per agent step (``per_chunk``).
+    One-step methods execute one env step per agent step: both forms agree there."""
+    if cfg.dsrl_reward == "per_env_step":
+        return step.reward + cfg.reward_offset * step.executed_steps()
+    return step.reward + cfg.reward_offset
 
 
 def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):

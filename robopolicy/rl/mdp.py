@@ -43,6 +43,15 @@ class Step:
     success: np.ndarray  # (N,) bool: the task succeeded during this step
     start_state: Tensor  # (N, obs_dim): where each sub-env acts from next
     env_steps: int  # env steps taken, summed over sub-envs
+    # (N,): env steps each sub-env executed in this step (DSRL: up to a chunk's length, fewer
+    # where its episode ended inside the chunk); None: one each
+    executed: Tensor | None = None
+
+    def executed_steps(self) -> Tensor:
+        """Env steps per sub-env in this step, as floats (1 for single-step MDPs)."""
+        if self.executed is None:
+            return torch.ones(self.reward.shape[0])
+        return self.executed.float()
 
 
 class MDP:
