@@ -302,7 +302,8 @@ def _cmd_rti_tune(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from robopolicy.deploy.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out, onnx=not args.no_onnx)
+    pick = "best" if args.best else "last"
+    result = export_checkpoint(args.checkpoint, args.out, onnx=not args.no_onnx, pick=pick)
     onnx = result.get("onnx")
     check = f"; ONNX matches torch to {onnx['max_abs_diff']:.1e}" if onnx else ""
     print(f"exported {result['source']} -> {result['out']}{check}")
@@ -422,6 +423,11 @@ def build_parser(help_requested: bool = True) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint or run directory")
     p.add_argument("out", help="the new export directory (must not exist)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX graph")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="of a run: its checkpoints/best (an RL run's best eval), not its final checkpoint",
+    )
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser(
         "synth",

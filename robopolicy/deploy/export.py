@@ -138,9 +138,12 @@ def export_onnx(policy, path: Path) -> dict[str, Any]:
     return {"file": path.name, "inputs": names, "output": "actions", "max_abs_diff": max_abs}
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True) -> dict:
-    """Copy the checkpoint, write ``deploy.json`` and (optionally) ``policy.onnx`` into ``out``."""
-    source = resolve_checkpoint(checkpoint)
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, onnx: bool = True, pick: str = "last"
+) -> dict:
+    """Copy the checkpoint (``pick``: a run's last or best), write ``deploy.json`` and
+    (optionally) ``policy.onnx`` into ``out``."""
+    source = resolve_checkpoint(checkpoint, pick)
     _check_exportable(source)
     out = Path(out)
     if out.exists():

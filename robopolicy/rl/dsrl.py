@@ -244,6 +244,9 @@ class NoiseAliasingLearner(Learner):
     def _optimizer_names(self) -> list[str]:
         return [*super()._optimizer_names(), "noise_critic_optim"]
 
+    def _decayed_rates(self) -> dict[str, float]:
+        return {**super()._decayed_rates(), "noise_critic_optim": self.cfg.critic_lr}
+
 
 class NoiseAgent:
     """A trained noise actor plus its frozen base as a rollout agent (eval, serving): each

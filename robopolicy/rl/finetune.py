@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from robopolicy.checkpoint import (
+    BEST,
     load_training_state,
     read_config,
     read_meta,
@@ -40,7 +41,7 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.device import resolve_device
-from robopolicy.files import atomic_save_figure, atomic_write_text
+from robopolicy.files import atomic_save_figure, atomic_write_json, atomic_write_text
 from robopolicy.resume import resumed_config
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
 from robopolicy.rl.config import RESUMABLE, FinetuneConfig, validate_finetune_config
@@ -49,7 +50,8 @@ from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, Step, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
-from robopolicy.rl.run_record import finished_result, recorded_history
+from robopolicy.rl.run_record import best_eval, eval_score, finished_result, recorded_history
+from robopolicy.rl.schedule import lr_factor
 from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
@@ -304,6 +306,10 @@ def _train_loop(run: Run) -> None:
         # ---- learn --------------------------------------------------------------------------
         if counters["env_steps"] >= cfg.warmup_steps:
             counters["update_budget"] += cfg.updates_per_step * cfg.num_envs  # agent steps
+            agent = cfg.agent
+            learner.scale_learning_rates(
+                lr_factor(agent.lr_decay, counters["env_steps"], cfg.env_steps, agent.lr_floor)
+            )
             while counters["update_budget"] >= 1:
                 batch = sample_mixed(
                     online,
@@ -345,8 +351,9 @@ def _train_loop(run: Run) -> None:
 
 
 def _evaluate(run: Run, n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate the current actor (a copy: eval never touches the learner), add the row to the
-    history and the log."""
+    """Evaluate the current actor (a copy: eval never touches the learner; the averaged actor
+    with ``agent.actor_ema``), add the row to the history and the log, and keep the actor as
+    ``checkpoints/best`` when it beats every earlier eval."""
     cfg, counters = run.cfg, run.counters
     summary = evaluate(
         run.setup.env_id,
@@ -360,8 +367,13 @@ def _evaluate(run: Run, n_episodes: int, out_dir: Path | None = None) -> dict[st
         progress=False,
     )
     row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
+    earlier = best_eval(run.history)
     run.history.append(row)
     run.logger.log(counters["env_steps"], "eval", eval_metrics(summary))
+    if earlier is None or eval_score(row) > eval_score(earlier):
+        _save(run, eval_metrics(summary), best=True)
+    best = best_eval(run.history)
+    run.logger.log(counters["env_steps"], "best", _best_metrics(best))
     run.progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
     if run.on_eval is not None:
         run.on_eval(counters["env_steps"], summary)
@@ -378,15 +390,37 @@ def _finish(run: Run) -> dict[str, Any]:
     return final
 
 
+def _best_metrics(best: dict[str, Any]) -> dict[str, Any]:
+    """The best eval so far, as ``metrics.jsonl`` logs it beside each eval (``best/...``)."""
+    return {"env_steps": best["env_steps"], "success_rate": best["success_rate"]} | {
+        "mean_return": best["mean_return"],
+        "n_episodes": best["n_episodes"],
+    }
+
+
 def _result(run: Run, final: dict[str, Any]) -> dict[str, Any]:
-    """The plot of the evals and what ``finetune`` returns, for the whole run."""
+    """The plot of the evals, ``summary.json`` (the final and the best eval, where each
+    checkpoint is) and what ``finetune`` returns, for the whole run."""
     seconds = run.counters["seconds"]
     has_success = run.setup.env_id.startswith("robopolicy/")
     _plot(run.history, run.run_dir, run.cfg.name, has_success=has_success)
+    best = best_eval(run.history)
+    atomic_write_json(
+        run.run_dir / "summary.json",
+        {
+            "final": run.history[-1],
+            "best": best,
+            "checkpoint": str(run.last_checkpoint),
+            "best_checkpoint": str(run.run_dir / "checkpoints" / BEST),
+            "env_steps": run.counters["env_steps"],
+            "minutes": None if seconds is None else seconds / 60,
+        },
+    )
     return {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.last_checkpoint),
         "final": final,
+        "best": best,
         "history": run.history,
         "minutes": None if seconds is None else seconds / 60,  # the whole run's
         "session_minutes": (time.perf_counter() - run.started) / 60,  # this process's
@@ -533,7 +567,7 @@ def stored_reward(cfg: FinetuneConfig, step: Step) -> torch.Tensor:
 
 
 def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
-    actor = copy.deepcopy(learner.actor).eval()
+    actor = copy.deepcopy(learner.policy_actor()).eval()
     if cfg.method == "residual":
         critic = _gripper_critic(mdp)
         return ResidualAgent(
@@ -561,13 +595,13 @@ def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
 
 
-def _save(run: Run, metrics: dict) -> Path:
-    """A checkpoint of everything now, with the run's clock brought up to date."""
+def _save(run: Run, metrics: dict, best: bool = False) -> Path:
+    """A checkpoint of everything now, with the run's clock brought up to date; with ``best``
+    the policy alone (no training state) as ``checkpoints/best``, ``last`` left as it is."""
     cfg, setup, learner, counters = run.cfg, run.setup, run.learner, run.counters
     if run.start_seconds is not None:
         counters["seconds"] = run.start_seconds + time.perf_counter() - run.started
     gripper_critic = _gripper_critic(run.mdp)
-    mdp_tensors, mdp_plain = run.mdp.state_dict()
     config = {
         "finetune": to_dict(cfg),
         "rl": {
@@ -583,27 +617,34 @@ def _save(run: Run, metrics: dict) -> Path:
         },
         "task": {"env_id": setup.env_id, "env_kwargs": setup.env_kwargs},
     }
-    training_state = {
-        **learner.training_state(),
+    weights = {f"actor.{k}": v for k, v in learner.policy_actor().state_dict().items()}
+    if gripper_critic is not None:
+        weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
+    name = BEST if best else f"{counters['env_steps']:07d}"
+    return save_checkpoint(
+        run.run_dir / "checkpoints" / name,
+        weights,
+        config,
+        step=counters["env_steps"],
+        metrics=metrics,
+        training_state=None if best else _training_state(run),
+        point_last=not best,
+    )
+
+
+def _training_state(run: Run) -> dict[str, Any]:
+    """Everything an exact resume needs, beside the policy's weights."""
+    mdp_tensors, mdp_plain = run.mdp.state_dict()
+    return {
+        **run.learner.training_state(),
         "replay": run.online.state_dict(),
-        "counters": counters,
+        "counters": run.counters,
         "history": run.history,  # the evals that led here: a resumed run reports the whole run
         "rng": train_state.rng_state(),
         "mdp_tensors": mdp_tensors,  # the running episodes, replayed on resume
         "mdp": mdp_plain,
         "episodes": run.episodes.state_dict(),  # the training episodes' statistics (logs)
     }
-    weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
-    if gripper_critic is not None:
-        weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
-    return save_checkpoint(
-        run.run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
-        weights,
-        config,
-        step=counters["env_steps"],
-        metrics=metrics,
-        training_state=training_state,
-    )
 
 
 def _restore(
