@@ -161,7 +161,9 @@ class PolicyServer:
             self.rl_agent = _load_rl_agent(path, config, self.execution, cfg.device)
             self.policy = self.rl_agent.policy
             rl_meta = {"method": config["rl"]["method"], "step": read_meta(path)["step"]}
-            self.metadata = {**deploy_metadata(config["rl"]["base"]), "rl": rl_meta}
+            # EXPO's checkpoint carries its trained base; the others name their frozen one
+            base = path if "policy" in config else config["rl"]["base"]
+            self.metadata = {**deploy_metadata(base), "rl": rl_meta}
         else:
             self.policy = load_policy(path, device=cfg.device)
             make_executor(self.policy, 1, self.execution)  # sets the sampler; checks settings

@@ -43,8 +43,14 @@ from robopolicy.config import ConfigError, to_dict
 from robopolicy.device import resolve_device
 from robopolicy.files import atomic_save_figure, atomic_write_json, atomic_write_text
 from robopolicy.resume import resumed_config
+from robopolicy.rl import expo
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
-from robopolicy.rl.config import RESUMABLE, FinetuneConfig, validate_finetune_config
+from robopolicy.rl.config import (
+    CHUNK_METHODS,
+    RESUMABLE,
+    FinetuneConfig,
+    validate_finetune_config,
+)
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, Step, seed_stream
@@ -71,9 +77,10 @@ class Setup:
 
     env_id: str
     env_kwargs: dict[str, Any]
-    policy: Any = None  # the frozen base (residual, DSRL)
+    policy: Any = None  # the base (residual, DSRL: frozen; EXPO: its denoiser trains)
     obs_keys: list[str] | None = None  # scratch
     demos: ReplayBuffer | None = None
+    demo_windows: Any = None  # EXPO: the demos as the base's training windows
     base_checkpoint: str | None = None
     discrete_dims: tuple[int, ...] = ()  # open/close action dims of the env
 
@@ -216,13 +223,13 @@ def _build(cfg: FinetuneConfig, resume: Resume | None) -> Run:
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg, device)
 
-    # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
-    asynchronous = not cfg.method.startswith("dsrl")
+    # DSRL and EXPO step sub-envs one by one inside a chunk: in-process (synchronous) envs
+    asynchronous = cfg.method not in CHUNK_METHODS
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0, "seconds": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = _make_learner(cfg, mdp).to(device)
+        learner = _make_learner(cfg, setup, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         running: dict[str, Any] | None = None
         history: list[dict[str, Any]] = []
@@ -281,7 +288,7 @@ def _train_loop(run: Run) -> None:
     while counters["env_steps"] < cfg.env_steps:
         # ---- act ----------------------------------------------------------------------------
         if counters["env_steps"] < cfg.warmup_steps:
-            action = _warmup_action(cfg, state.shape[0], mdp.action_dim)
+            action = _warmup_action(cfg, state, mdp.action_dim, learner)
         else:
             action = learner.act(state, explore=True)
         step = mdp.step(action)
@@ -496,7 +503,34 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
             )
         episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
         setup.demos = demo_buffer(policy, episodes, discrete, reward_offset=cfg.reward_offset)
+    if cfg.method == "expo":
+        _expo_demos(cfg, setup, demos_path, base_path)
     return setup
+
+
+def _expo_demos(cfg: FinetuneConfig, setup: Setup, demos_path: str | None, base_path) -> None:
+    """EXPO's demonstrations: the base's imitation windows, and (``demo_fraction`` > 0) the
+    critic's demo chunks. The base keeps learning by imitation, so it needs them."""
+    from robopolicy.data.hdf5 import load_episodes
+    from robopolicy.data.sequence import SequenceWindows
+
+    if not demos_path:
+        raise ConfigError(
+            f"method expo trains its base by imitation on demos and online data, but neither "
+            f"demos= nor the base's task ({base_path}) names a dataset: set demos=<file.hdf5>"
+        )
+    policy = setup.policy
+    episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
+    horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    setup.demo_windows = SequenceWindows(episodes, list(policy.shapes.obs), *horizons)
+    if cfg.demo_fraction > 0:
+        setup.demos = expo.demo_chunk_buffer(
+            policy,
+            episodes,
+            setup.discrete_dims,
+            cfg.reward_offset,
+            per_env_step=cfg.dsrl_reward == "per_env_step",
+        )
 
 
 def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
@@ -513,10 +547,21 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     if cfg.method.startswith("dsrl"):
         base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims, cfg.dsrl_noise)
         return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
+    if cfg.method == "expo":
+        policy = setup.policy
+        horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+        online = expo.OnlineEpisodes(list(policy.shapes.obs), horizons, cfg.expo.window_refresh)
+        return expo.ExpoMDP(envs, seeds, expo.ExpoBase(policy, cfg.num_envs), online)
     return FlatMDP(envs, seeds, setup.obs_keys)
 
 
-def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
+def _make_learner(cfg: FinetuneConfig, setup: Setup, mdp: MDP) -> Learner:
+    if cfg.method == "expo":
+        learner = expo.ExpoLearner(cfg.agent, cfg.expo, setup.policy, setup.discrete_dims)
+        learner.imitation = expo.ImitationData(
+            setup.demo_windows, mdp.online, cfg.expo.base_batch_size, cfg.expo.base_demo_fraction
+        )
+        return learner
     if cfg.method == "dsrl_na":
         return NoiseAliasingLearner(
             cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
@@ -546,9 +591,14 @@ def _gripper_critic(mdp: MDP):
     return getattr(getattr(mdp, "base", None), "gripper_critic", None)
 
 
-def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
+def _warmup_action(
+    cfg: FinetuneConfig, state: torch.Tensor, action_dim: int, learner
+) -> torch.Tensor:
     """Residual: the base action plus small Gaussian noise; DSRL: the base's own N(0, I) noise
-    (within the bound); scratch: uniform random actions."""
+    (within the bound); EXPO: one sample of the base; scratch: uniform random actions."""
+    if cfg.method == "expo":
+        return learner.base_action(state)
+    n = state.shape[0]
     scale = cfg.agent.action_scale
     if cfg.method.startswith("dsrl"):
         return torch.randn(n, action_dim).clamp(-scale, scale)
@@ -567,6 +617,13 @@ def stored_reward(cfg: FinetuneConfig, step: Step) -> torch.Tensor:
 
 
 def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
+    if cfg.method == "expo":  # copies: eval never touches the learner
+        return expo.ExpoAgent(
+            copy.deepcopy(learner.policy),
+            copy.deepcopy(learner.policy_actor()),
+            copy.deepcopy(learner.critic),
+            cfg.expo.num_samples,
+        )
     actor = copy.deepcopy(learner.policy_actor()).eval()
     if cfg.method == "residual":
         critic = _gripper_critic(mdp)
@@ -620,6 +677,10 @@ def _save(run: Run, metrics: dict, best: bool = False) -> Path:
     weights = {f"actor.{k}": v for k, v in learner.policy_actor().state_dict().items()}
     if gripper_critic is not None:
         weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
+    if cfg.method == "expo":  # one policy: the trained base (and its config), edit, critic
+        weights = expo.checkpoint_weights(learner)
+        base_config = read_config(setup.base_checkpoint)
+        config.update(policy=base_config["policy"], shapes=base_config["shapes"])
     name = BEST if best else f"{counters['env_steps']:07d}"
     return save_checkpoint(
         run.run_dir / "checkpoints" / name,

@@ -94,6 +94,7 @@ class MDP:
         """Reset the ended sub-envs; the state to act from next."""
         if not ended.any():
             return next_state
+        self._episodes_ended(ended)
         seeds = [next(self.seeds) if e else None for e in ended]
         for i in np.flatnonzero(ended):
             self.episode_seeds[i], self.episode_actions[i] = seeds[i], []
@@ -155,6 +156,10 @@ class MDP:
 
     def _record(self, i: int, env_action: np.ndarray) -> None:
         self.episode_actions[i].append(np.array(env_action, dtype=np.float32))
+
+    def _episodes_ended(self, ended: np.ndarray) -> None:
+        """The episodes of the sub-envs in ``ended`` are over (their seeds and actions are
+        still recorded): EXPO keeps them for its base's imitation."""
 
     def _start_episodes(self, mask: np.ndarray) -> None:
         """New episodes begin in the sub-envs of ``mask`` (clear per-episode state)."""
