@@ -233,3 +233,62 @@ def _served_expo_acts(checkpoint: str) -> None:
             torch.manual_seed(step)
             expected = local.act({k: v[None] for k, v in obs.items()}, None)[0]
             np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_bench_rl_suite_has_every_method_on_both_tasks() -> None:
+    from robopolicy.bench import SUITES, rl
+    from robopolicy.config import CONFIG_DIR
+
+    assert SUITES["rl"] == "robopolicy.bench.rl"
+    cfg = load_config(CONFIG_DIR / "bench" / "rl.yaml", rl.Config)
+    assert [t.name for t in cfg.tasks] == ["lift", "pickplace"]
+    for task in cfg.tasks:
+        assert sorted(task.methods) == ["dsrl_na", "dsrl_sac", "expo", "residual"]
+        assert task.methods["expo"] == f"rl/expo_{task.name}.yaml"
+
+
+def test_bench_rl_runs_expo_beside_residual(tiny_run, tmp_path) -> None:
+    """One tiny bench: both methods' curves on the task's plot, the best eval in the report."""
+    from omegaconf import OmegaConf
+
+    from robopolicy.bench import rl
+
+    tiny = [
+        "agent.hidden_dim=16",
+        "agent.critic_heads=2",
+        "agent.batch_size=8",
+        "num_threads=1",
+        "warmup_steps=16",
+        "critic_warmup_updates=2",
+        "expo.num_samples=2",
+        "expo.base_batch_size=8",
+    ]
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(rl.Config),
+        {
+            "suite": "rl",
+            "tasks": [
+                {
+                    "name": "lift",
+                    "base_train_config": "train/lift_diffusion_mlp_scarce.yaml",
+                    "collect_config": "collect/lift_scarce.yaml",
+                    "base": str(tiny_run),
+                    "methods": {"residual": "rl/residual_lift.yaml", "expo": "rl/expo_lift.yaml"},
+                }
+            ],
+            "seeds": [0],
+            "env_steps": 32,
+            "eval_every": 16,
+            "eval_episodes": 2,
+            "final_eval_episodes": 2,
+            "overrides": tiny,
+            "out_root": str(tmp_path),
+        },
+    )
+    runs = rl.run(cfg)["tasks"]["lift"]["runs"]
+    assert sorted(runs) == ["expo/seed0", "residual/seed0"]
+    assert runs["expo/seed0"]["method"] == "expo"
+    out = next((tmp_path / "rl").iterdir())
+    assert (out / "lift.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "best eval per seed (at env steps)" in report and "lift | expo | 1 |" in report
