@@ -216,6 +216,9 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     cfg = load_run_config(args.config, FinetuneConfig, args.overrides, RESUMABLE, "finetune")
     result = finetune(cfg)
     print(f"{summary_line(result['final'])}; {_finetune_time(result)} -> {result['checkpoint']}")
+    best = result.get("best")
+    if best is not None:
+        print(f"best eval: {best['success_rate']:.0%} at {best['env_steps']} env steps")
 
 
 def _finetune_time(result: dict) -> str:
@@ -350,9 +353,11 @@ def build_parser(help_requested: bool = True) -> argparse.ArgumentParser:
         (
             "finetune",
             _cmd_finetune,
-            "improve a frozen BC policy with off-policy RL (method=residual: a per-step "
-            "correction; dsrl_sac, dsrl_na: steer its noise), or learn from scratch "
-            "(method=scratch); logs success against env steps, checkpoints, final eval",
+            "improve a BC policy with off-policy RL (method=residual: a per-step "
+            "correction; dsrl_sac, dsrl_na: steer its noise; expo: keep training it by "
+            "imitation under a bounded edit and an argmax-Q choice), or learn from scratch "
+            "(method=scratch); logs success against env steps, checkpoints (and the best "
+            "eval's as checkpoints/best), final eval",
             "config",
         ),
         (

@@ -97,17 +97,21 @@ def test_learner_trains_the_base_by_imitation_but_not_its_encoder() -> None:
 
 
 def test_online_episodes_are_indexed_in_blocks_and_round_trip() -> None:
-    online = OnlineEpisodes(["state"], (2, 8, 4), refresh=10)
+    online = OnlineEpisodes(["state"], (2, 8, 4), refresh=10, capacity=12)
     obs = [{"state": np.full(3, t, np.float32)} for t in range(7)]
     online.add(obs, [np.full(2, t, np.float32) for t in range(6)])  # 6 steps: final obs dropped
     assert online.windows() is None  # below the block size
     online.add(obs, [np.full(2, t, np.float32) for t in range(5)])
     windows = online.windows()
     assert windows is not None and windows.actions.shape == (11, 2)
-    copy = OnlineEpisodes(["state"], (2, 8, 4), refresh=10)
+    copy = OnlineEpisodes(["state"], (2, 8, 4), refresh=10, capacity=12)
     copy.load_state_dict(online.state_dict())
     assert torch.equal(copy.windows().actions, windows.actions)
     assert [e.num_samples for e in copy.episodes] == [6, 5]
+    for _ in range(2):
+        online.add(obs, [np.full(2, t, np.float32) for t in range(5)])
+    assert online.windows().actions.shape == (10, 2)  # the oldest beyond 12 steps dropped
+    assert [e.num_samples for e in online.episodes] == [5, 5]
 
 
 def test_demo_chunks_sum_rewards_and_chain_by_the_chunk_length() -> None:

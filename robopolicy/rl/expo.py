@@ -13,9 +13,9 @@ One agent step is one executed chunk (as in DSRL: the base plans chunks)::
 
 Each critic update (``updates_per_step`` per agent step, batches ``demo_fraction`` demos):
 
-    critic  y = R + discount * min_{random pair} Q_targ(s', a*'),  a*' = select at s' (sampled
-            edits, as when acting); no entropy term (the chosen action may be an unedited
-            base sample, which has no edit log-probability)
+    critic  y = R + discount * min_{random pair} Q_targ(s', a*'),  a*' = select at s' by the
+            online critic (sampled edits, as when acting); no entropy term (the chosen
+            action may be an unedited base sample, which has no edit log-probability)
     edit    L = alpha log pi(e|s, a) - min_k Q_k(s, clip(a + e)),  a ~ pi_base(.|s)  (agent.actor_q)
     alpha   L = -alpha (log pi + H_target)   (SAC's temperature; H_target as ``Learner``'s)
     base    L = pi_base.compute_loss(windows of demos and of online episodes), every
@@ -311,13 +311,21 @@ class OnlineEpisode:
 
 
 class OnlineEpisodes:
-    """The run's finished episodes, indexed as training windows in blocks of
-    ``refresh`` env steps (re-indexing concatenates every episode: not once per episode)."""
+    """The run's finished episodes, indexed as training windows in blocks of ``refresh`` env
+    steps (re-indexing concatenates every episode: not once per episode). At each re-index the
+    oldest episodes beyond ``capacity`` env steps are dropped, as the replay drops its oldest."""
 
-    def __init__(self, obs_keys: Sequence[str], horizons: tuple[int, int, int], refresh: int):
+    def __init__(
+        self,
+        obs_keys: Sequence[str],
+        horizons: tuple[int, int, int],
+        refresh: int,
+        capacity: int,
+    ) -> None:
         self.obs_keys = list(obs_keys)
         self.horizons = horizons  # obs, pred, action
         self.refresh = refresh
+        self.capacity = capacity
         self.episodes: list[OnlineEpisode] = []
         self._windows: SequenceWindows | None = None
         self._indexed = 0  # episodes in the windows
@@ -333,6 +341,9 @@ class OnlineEpisodes:
         """The windows of the episodes indexed so far (None before the first block)."""
         pending = sum(e.num_samples for e in self.episodes[self._indexed :])
         if pending >= self.refresh:
+            total = sum(e.num_samples for e in self.episodes)
+            while total > self.capacity and len(self.episodes) > 1:
+                total -= self.episodes.pop(0).num_samples
             self._windows = SequenceWindows(self.episodes, self.obs_keys, *self.horizons)
             self._indexed = len(self.episodes)
         return self._windows

@@ -550,7 +550,9 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     if cfg.method == "expo":
         policy = setup.policy
         horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
-        online = expo.OnlineEpisodes(list(policy.shapes.obs), horizons, cfg.expo.window_refresh)
+        online = expo.OnlineEpisodes(
+            list(policy.shapes.obs), horizons, cfg.expo.window_refresh, cfg.buffer_capacity
+        )
         return expo.ExpoMDP(envs, seeds, expo.ExpoBase(policy, cfg.num_envs), online)
     return FlatMDP(envs, seeds, setup.obs_keys)
 
