@@ -281,8 +281,8 @@ def test_bench_rl_runs_expo_beside_residual(tiny_run, tmp_path) -> None:
                 }
             ],
             "seeds": [0],
-            "env_steps": 32,
-            "eval_every": 16,
+            "env_steps": 24,
+            "eval_every": 24,
             "eval_episodes": 2,
             "final_eval_episodes": 2,
             "overrides": tiny,
