@@ -215,10 +215,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
     cfg = load_run_config(args.config, FinetuneConfig, args.overrides, RESUMABLE, "finetune")
     result = finetune(cfg)
-    print(f"{summary_line(result['final'])}; {_finetune_time(result)} -> {result['checkpoint']}")
     best = result.get("best")
-    if best is not None:
-        print(f"best eval: {best['success_rate']:.0%} at {best['env_steps']} env steps")
+    at_best = (
+        ""
+        if best is None
+        else (f"best eval {best['success_rate']:.0%} at {best['env_steps']} env steps; ")
+    )
+    print(
+        f"{summary_line(result['final'])}; {at_best}{_finetune_time(result)} "
+        f"-> {result['checkpoint']}"
+    )
 
 
 def _finetune_time(result: dict) -> str:
