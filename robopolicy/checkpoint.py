@@ -7,6 +7,7 @@
       meta.json                package/torch versions, git commit, step, metrics at save time,
                                and for a BC policy its type and training objective
       training_state/          everything an exact resume needs (safetensors + state.json)
+    <run>/checkpoints/best/        an RL run's actor at its best eval (no training_state/)
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a crash
 never leaves a half-written one. Loading is strict: a key mismatch is an error listing the
@@ -45,6 +46,10 @@ IDENTITY_KEYS = ("policy_type", "objective")
 """What ``meta.json`` and the weights' header record about the policy that trained them."""
 
 
+BEST = "best"  # <run>/checkpoints/best: an RL run's actor at its best eval
+CHECKPOINT_PICKS = ("last", BEST)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, or does not fit the model it claims to be."""
 
@@ -57,8 +62,10 @@ def save_checkpoint(
     step: int,
     metrics: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
+    point_last: bool = True,
 ) -> Path:
-    """Write ``<directory>`` atomically and point ``<directory>/../last`` at it.
+    """Write ``<directory>`` atomically and point ``<directory>/../last`` at it (unless
+    ``point_last`` is False: ``checkpoints/best`` is written beside the run's steps, not as one).
 
     ``model_state`` is the policy's full state dict (normaliser buffers included: they are
     split into ``normalizer.safetensors``). ``training_state`` maps names to either a dict of
@@ -95,7 +102,8 @@ def save_checkpoint(
             tmp.rename(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _point_last(directory)
+    if point_last:
+        _point_last(directory)
     return directory
 
 
@@ -105,10 +113,18 @@ def saved_steps(run_dir: str | Path) -> list[Path]:
     return sorted(steps, key=lambda p: int(p.name))
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, pick: str = "last") -> Path:
     """Accept a checkpoint dir, a ``checkpoints/`` dir, a run dir, or ``runs/<name>`` (its newest
-    run); return the checkpoint dir."""
+    run); return the checkpoint dir. ``pick``: ``last``, a run's final (newest) checkpoint, or
+    ``best``, the one an RL run kept at its best eval (``<run>/checkpoints/best``); a path that
+    ends in ``best`` (``<run>/best``, ``runs/<name>/best``) picks it too."""
     path = Path(path)
+    if pick not in CHECKPOINT_PICKS:
+        raise CheckpointError(f"checkpoint pick {pick!r} not in {CHECKPOINT_PICKS}")
+    if path.name == BEST and not path.exists():
+        path, pick = path.parent, BEST
+    if pick == BEST:
+        return _best_checkpoint(path)
     if (path / "model.safetensors").is_file():
         return path.resolve()
     # A run's newest numbered checkpoint, not ``last``: a kill between a checkpoint's rename
@@ -131,11 +147,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def _best_checkpoint(path: Path) -> Path:
+    """``checkpoints/best`` of the run that ``path`` names (or that its checkpoint is in)."""
+    if (path / "model.safetensors").is_file() and path.name == BEST:
+        return path.resolve()
+    if (path / "model.safetensors").is_file():  # a step checkpoint: its run's best
+        path = path.resolve().parent
+    candidates = [path / BEST, path / "checkpoints" / BEST]
+    runs = sorted(p.parents[2] for p in path.glob("*/checkpoints/last/model.safetensors"))
+    if runs:  # runs/<name>/: its newest run
+        candidates.append(runs[-1] / "checkpoints" / BEST)
+    for candidate in candidates:
+        if (candidate / "model.safetensors").is_file():
+            return candidate.resolve()
+    raise CheckpointError(
+        f"no best checkpoint for {path}: only RL runs (robopolicy finetune) keep "
+        f"checkpoints/{BEST}, at their best eval; tried {', '.join(map(str, candidates))}"
+    )
+
+
 def checkpoint_run(checkpoint: Path) -> Path | None:
     """The run that ``checkpoint`` (a resolved checkpoint dir) belongs to, ``<run>`` of
-    ``<run>/checkpoints/<step>``; None for a checkpoint kept anywhere else (an export, a copy),
-    whose parent folders are nobody's run and must not receive a run's outputs."""
-    if checkpoint.name.isdigit() and checkpoint.parent.name == "checkpoints":
+    ``<run>/checkpoints/<step>`` or ``<run>/checkpoints/best``; None for a checkpoint kept
+    anywhere else (an export, a copy), whose parent folders are nobody's run and must not
+    receive a run's outputs."""
+    named = checkpoint.name.isdigit() or checkpoint.name == BEST
+    if named and checkpoint.parent.name == "checkpoints":
         return checkpoint.parent.parent
     return None
 

@@ -215,7 +215,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
     cfg = load_run_config(args.config, FinetuneConfig, args.overrides, RESUMABLE, "finetune")
     result = finetune(cfg)
-    print(f"{summary_line(result['final'])}; {_finetune_time(result)} -> {result['checkpoint']}")
+    best = result.get("best")
+    at_best = (
+        ""
+        if best is None
+        else (f"best eval {best['success_rate']:.0%} at {best['env_steps']} env steps; ")
+    )
+    print(
+        f"{summary_line(result['final'])}; {at_best}{_finetune_time(result)} "
+        f"-> {result['checkpoint']}"
+    )
 
 
 def _finetune_time(result: dict) -> str:
@@ -302,7 +311,8 @@ def _cmd_rti_tune(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from robopolicy.deploy.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out, onnx=not args.no_onnx)
+    pick = "best" if args.best else "last"
+    result = export_checkpoint(args.checkpoint, args.out, onnx=not args.no_onnx, pick=pick)
     onnx = result.get("onnx")
     check = f"; ONNX matches torch to {onnx['max_abs_diff']:.1e}" if onnx else ""
     print(f"exported {result['source']} -> {result['out']}{check}")
@@ -349,9 +359,11 @@ def build_parser(help_requested: bool = True) -> argparse.ArgumentParser:
         (
             "finetune",
             _cmd_finetune,
-            "improve a frozen BC policy with off-policy RL (method=residual: a per-step "
-            "correction; dsrl_sac, dsrl_na: steer its noise), or learn from scratch "
-            "(method=scratch); logs success against env steps, checkpoints, final eval",
+            "improve a BC policy with off-policy RL (method=residual: a per-step "
+            "correction; dsrl_sac, dsrl_na: steer its noise; expo: keep training it by "
+            "imitation under a bounded edit and an argmax-Q choice), or learn from scratch "
+            "(method=scratch); logs success against env steps, checkpoints (and the best "
+            "eval's as checkpoints/best), final eval",
             "config",
         ),
         (
@@ -422,6 +434,11 @@ def build_parser(help_requested: bool = True) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint or run directory")
     p.add_argument("out", help="the new export directory (must not exist)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX graph")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="of a run: its checkpoints/best (an RL run's best eval), not its final checkpoint",
+    )
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser(
         "synth",

@@ -93,6 +93,65 @@ def test_chunk_reward_is_the_sum_and_episode_end_ends_the_step() -> None:
     assert torch.equal(second.start_state[0], mdp.base.features([0])[0])
 
 
+class SucceedsAtStepFive(gym.Env):
+    """Sparse reward: 0 until the task succeeds at the 5th step, 1 there; the episode ends on
+    success (as the tasks here do)."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({"state": gym.spaces.Box(-9, 9, (3,))})
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return {"state": np.zeros(3, np.float32)}, {}
+
+    def step(self, action):
+        self.t += 1
+        success = self.t == 5
+        return (
+            {"state": np.zeros(3, np.float32)},
+            float(success),
+            success,
+            False,
+            {"is_success": success},
+        )
+
+
+@pytest.mark.parametrize(("form", "expected"), [("per_env_step", -4.0), ("per_chunk", 0.0)])
+def test_dsrl_reward_of_a_chunk_that_succeeds_at_its_fifth_step(form, expected) -> None:
+    """A chunk of 8 actions whose 5th succeeds: the reference sums r - 1 over the executed
+    steps, (0-1) * 4 + (1-1) = -4, and the step ends there; per chunk: 1 - 1 = 0. A chunk
+    that never succeeds gets -8 (per env step) or -1 (per chunk)."""
+    from robopolicy.rl.finetune import stored_reward
+
+    envs = gym.vector.SyncVectorEnv(
+        [SucceedsAtStepFive], autoreset_mode=gym.vector.AutoresetMode.DISABLED
+    )
+    policy = tiny_policy("diffusion", "mlp", pred_horizon=8, action_horizon=8, obs_horizon=1)
+    mdp = NoiseMDP(envs, seed_stream(0), NoiseBase(policy, num_envs=1), chunk_critic=False)
+    cfg = FinetuneConfig(method="dsrl_sac", reward_offset=-1.0, dsrl_reward=form)
+    mdp.reset()
+    step = mdp.step(torch.zeros(1, mdp.action_dim))
+    assert step.env_steps == 5 and step.terminated.tolist() == [True]
+    assert stored_reward(cfg, step).tolist() == [expected]
+    mdp.envs.envs[0].t = -100  # the next chunk runs all 8 steps without success
+    step = mdp.step(torch.zeros(1, mdp.action_dim))
+    assert step.env_steps == 8 and stored_reward(cfg, step).tolist() == [
+        -8.0 if form == "per_env_step" else -1.0
+    ]
+
+
+def test_dsrl_reward_form_is_checked() -> None:
+    from robopolicy.rl.config import validate_finetune_config
+
+    cfg = FinetuneConfig(method="dsrl_sac", base="x", demo_fraction=0, dsrl_reward="per_step")
+    cfg.agent.algo = "sac"
+    with pytest.raises(ValueError, match="dsrl_reward 'per_step' not in"):
+        validate_finetune_config(cfg)
+
+
 def test_noise_aliasing_critic_scores_the_executed_chunk() -> None:
     mdp = _mdp(chunk_critic=True)
     state = mdp.reset()

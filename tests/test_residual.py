@@ -663,9 +663,11 @@ def test_rl_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["residual", "dsrl_sac"])
+@pytest.mark.parametrize("method", ["residual", "dsrl_sac", "expo"])
 def test_rl_with_a_base_killed_and_resumed_is_exact(tiny_run, tmp_path, method) -> None:
     """The bases' per-episode state comes back too: residual's planned actions, DSRL's
-    observation histories."""
-    result = rl_resume_exactness(tmp_path, method=method, base=str(tiny_run))
+    observation histories, EXPO's trained base and its online episodes (320 env steps: Lift's
+    100-step episodes end and enter the base's imitation data)."""
+    steps = 320 if method == "expo" else 160
+    result = rl_resume_exactness(tmp_path, method=method, base=str(tiny_run), env_steps=steps)
     assert result["max_abs_diff"] == 0.0

@@ -476,6 +476,7 @@ def test_a_checkpoint_keeps_the_evals_that_led_to_it(tmp_path) -> None:
     final_eval.write_text(json.dumps({"success_rate": 0.75}))
     result = finished_result(checkpoint)
     assert result["history"] == history and result["final"] == {"success_rate": 0.75}
+    assert result["best"] == history[1]
     assert result["minutes"] == pytest.approx(12.5 / 60)
 
 

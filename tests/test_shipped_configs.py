@@ -63,5 +63,19 @@ def test_dsrl_gpu_configs_use_the_reference_networks(name) -> None:
 
 def test_dsrl_sac_pickplace_bounds_its_td_targets_to_the_reachable_returns() -> None:
     cfg = load_config(CONFIG_DIR / "rl" / "dsrl_sac_pickplace.yaml", FinetuneConfig)
-    assert cfg.reward_offset == -1.0 and not cfg.agent.backup_entropy  # r in {-1, 0}, no bonus
-    assert cfg.agent.value_bounds == pytest.approx([-1.0 / (1.0 - cfg.agent.gamma), 0.0])
+    # r - 1 per executed step summed over the 8-step chunk: [-8, 0] per chunk, no bonus
+    assert cfg.reward_offset == -1.0 and cfg.dsrl_reward == "per_env_step"
+    assert not cfg.agent.backup_entropy
+    assert cfg.agent.value_bounds == pytest.approx([-8.0 / (1.0 - cfg.agent.gamma), 0.0])
+
+
+@pytest.mark.parametrize("name", ["expo_lift", "expo_pickplace", "expo_lift_gpu"])
+def test_expo_configs_keep_its_edit_bound_and_critic(name) -> None:
+    """ANCHORS.md: beta 0.05 and 10 LayerNorm heads everywhere; the GPU config takes EXPO's
+    8 samples and UTD 20, the CPU ones fewer (and say so)."""
+    cfg = load_config(CONFIG_DIR / "rl" / f"{name}.yaml", FinetuneConfig)
+    assert cfg.method == "expo" and cfg.expo.edit_scale == 0.05 and cfg.agent.critic_heads == 10
+    assert cfg.dsrl_reward == "per_env_step" and cfg.reward_offset == -1.0
+    assert cfg.agent.value_bounds == pytest.approx([-8.0 / (1.0 - cfg.agent.gamma), 0.0])
+    gpu = name.endswith("_gpu")
+    assert (cfg.expo.num_samples, cfg.updates_per_step) == ((8, 20.0) if gpu else (4, 0.5))

@@ -17,6 +17,7 @@ SUITES = {
     "rti": "robopolicy.bench.rti",
     "rti_flow": "robopolicy.bench.rti",  # the same comparison on flow-matching checkpoints
     "deploy": "robopolicy.bench.deploy",
+    "rl": "robopolicy.bench.rl",  # every online RL method: residual, DSRL-SAC, DSRL-NA, EXPO
     "residual": "robopolicy.bench.rl",
     "dsrl": "robopolicy.bench.rl",
     "dsrl_gpu": "robopolicy.bench.rl",  # the same comparison at the papers' scale, on CUDA

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 import robopolicy
 from robopolicy.checkpoint import saved_steps
 from robopolicy.config import CONFIG_DIR
+from robopolicy.rl.config import CHUNK_METHODS
 
 PACKAGE_ROOT = Path(robopolicy.__file__).resolve().parent.parent
 TINY_BC = [
@@ -82,8 +83,8 @@ def rl_resume_exactness(
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Kill -9 a tiny ``robopolicy finetune`` run (``method`` on ``env_id``; ``base``: the BC
-    checkpoint that residual and DSRL wrap) after its first checkpoint, which falls inside
-    running episodes, resume it, and compare it with an uninterrupted twin.
+    checkpoint that residual, DSRL and EXPO start from) after its first checkpoint, which
+    falls inside running episodes, resume it, and compare it with an uninterrupted twin.
 
     Returns what ``bc_resume_exactness`` returns, for the RL run (replay buffer, learner,
     optimisers, RNG and the running episodes included)."""
@@ -110,8 +111,11 @@ def rl_resume_exactness(
         settings |= {"env_id": env_id, "env_kwargs": {"obs_type": "state"}, "demo_fraction": 0.0}
     else:
         settings |= {"base": str(base), "demo_fraction": 0.0}
-    if method.startswith("dsrl"):  # built on SAC
+    if method in CHUNK_METHODS:  # built on SAC
         settings["agent"]["algo"] = "sac"
+    if method == "expo":  # its base learns from demos (the base's dataset) and online episodes
+        settings |= {"demo_fraction": 0.5}
+        settings["expo"] = {"num_samples": 2, "base_batch_size": 8, "window_refresh": 20}
     config = work_dir / "finetune.yaml"
     OmegaConf.save(OmegaConf.create(settings), config)
     return _kill_and_resume(

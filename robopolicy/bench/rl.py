@@ -1,11 +1,13 @@
-"""``robopolicy bench residual`` and ``robopolicy bench dsrl``: RL methods side by side on the
-scarce-data tasks (which methods: ``configs/bench/<suite>.yaml``).
+"""``robopolicy bench rl`` (residual, DSRL-SAC, DSRL-NA and EXPO), ``robopolicy bench residual``
+and ``robopolicy bench dsrl``: RL methods side by side on the scarce-data tasks (which methods:
+``configs/bench/<suite>.yaml``).
 
 For each task: train the scarce-data BC base if no checkpoint is given (collecting its data if
 missing), then run each method for each seed with the same env-step budget, evaluating every
 ``eval_every`` env steps. Reports success against env steps (plot per task: the base as a
 dashed line, seeds as thin lines, their mean bold), the final success with its Wilson
-interval, the env steps at which the eval success first reached ``target``, and the wall time.
+interval, the best eval so far (a run's ``checkpoints/best``), the env steps at which the eval
+success first reached ``target``, and the wall time.
 
 ``previous`` brings in runs of an earlier bench (its results.json) for methods this one does not
 run, so curves finished before can sit beside new ones; they are taken only when their task's
@@ -491,6 +493,7 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                 f"{entry['base_success']:.0%} [{low:.0%}, {high:.0%}]",
                 "-",
                 "-",
+                "-",
             ]
         )
         if "base_any_draw" in entry:
@@ -504,6 +507,7 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                     f"{entry['base_any_draw']:.0%} (draws: "
                     + ", ".join(f"{r:.0%}" for r in draws)
                     + ")",
+                    "-",
                     "-",
                     "-",
                 ]
@@ -522,6 +526,7 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                     len(runs),
                     f"{start:.0%}",
                     finals,
+                    ", ".join(_best_of_curve(r["curve"]) for r in runs),
                     ", ".join("never" if s is None else str(s) for s in reached),
                     ", ".join(
                         "n/a" if r["minutes"] is None else f"{r['minutes']:.1f}" for r in runs
@@ -529,6 +534,13 @@ def _summary_rows(results: dict) -> list[list[Any]]:
                 ]
             )
     return rows
+
+
+def _best_of_curve(curve: list[list[float]]) -> str:
+    """The best eval of a run's curve and where it first came (what ``checkpoints/best``
+    holds), e.g. ``94% (65000)``."""
+    steps, success = max(curve, key=lambda point: (point[1], -point[0]))
+    return f"{success:.0%} ({int(steps)})"
 
 
 def _report(results: dict) -> str:
@@ -540,6 +552,7 @@ def _report(results: dict) -> str:
         "seeds",
         "success at step 0",
         "final success [Wilson 95%] per seed",
+        "best eval per seed (at env steps)",
         f"env steps to {s['target']:.0%} per seed",
         "wall min per seed",
     ]

@@ -138,9 +138,12 @@ def export_onnx(policy, path: Path) -> dict[str, Any]:
     return {"file": path.name, "inputs": names, "output": "actions", "max_abs_diff": max_abs}
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True) -> dict:
-    """Copy the checkpoint, write ``deploy.json`` and (optionally) ``policy.onnx`` into ``out``."""
-    source = resolve_checkpoint(checkpoint)
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, onnx: bool = True, pick: str = "last"
+) -> dict:
+    """Copy the checkpoint (``pick``: a run's last or best), write ``deploy.json`` and
+    (optionally) ``policy.onnx`` into ``out``."""
+    source = resolve_checkpoint(checkpoint, pick)
     _check_exportable(source)
     out = Path(out)
     if out.exists():
@@ -152,7 +155,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True
         for name in CHECKPOINT_FILES:
             shutil.copy2(source / name, tmp / name)
         metadata = deploy_metadata(source)
-        if onnx:
+        rl = read_config(source).get("rl")
+        if rl is not None:  # EXPO: base + edit + critic, served as they are
+            metadata["rl"] = {"method": rl["method"], "step": metadata["step"]}
+        if onnx and rl is None:
             policy = load_policy(source)
             metadata["onnx"] = export_onnx(policy, tmp / "policy.onnx")
         atomic_write_json(tmp / "deploy.json", metadata)
@@ -164,8 +170,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, onnx: bool = True
 
 
 def _check_exportable(source: Path) -> None:
-    """Export writes one BC policy (its ONNX graph is the policy's sampler chain); an RL
-    checkpoint is a base policy plus an agent, served as it is by ``robopolicy serve``."""
+    """Export writes one policy: a BC policy (with the ONNX graph of its sampler chain), or an
+    EXPO checkpoint, which carries its own trained base (no ONNX graph: its on-the-fly choice
+    runs the edit policy and the critic too). Other RL checkpoints are a frozen base named by
+    path plus an agent, served as they are by ``robopolicy serve``."""
     config = read_config(source)
     if "policy" in config:
         return

@@ -86,6 +86,7 @@ MAX_PORT = 65535
 @dataclass
 class ServeConfig:
     checkpoint: str = ""
+    pick: str = "last"  # of a run's checkpoints: last (the final) or best (an RL run's best eval)
     host: str = "127.0.0.1"  # loopback only unless asked otherwise
     port: int = 8765
     api_key: str | None = None  # Python callers only; the CLI takes api_key_file or the env
@@ -151,7 +152,7 @@ class PolicyServer:
         self.api_key = resolve_api_key(cfg)
         self.guard_cfg = ObsGuardConfig(**to_dict(cfg.obs_guard))
         validate_guard_config(self.guard_cfg)  # before the checkpoint loads: fail early
-        path = resolve_checkpoint(cfg.checkpoint)
+        path = resolve_checkpoint(cfg.checkpoint, cfg.pick)
         self.cfg = cfg
         self.execution = ExecutionConfig(**to_dict(cfg.execution))
         config = read_config(path)
@@ -160,7 +161,9 @@ class PolicyServer:
             self.rl_agent = _load_rl_agent(path, config, self.execution, cfg.device)
             self.policy = self.rl_agent.policy
             rl_meta = {"method": config["rl"]["method"], "step": read_meta(path)["step"]}
-            self.metadata = {**deploy_metadata(config["rl"]["base"]), "rl": rl_meta}
+            # EXPO's checkpoint carries its trained base; the others name their frozen one
+            base = path if "policy" in config else config["rl"]["base"]
+            self.metadata = {**deploy_metadata(base), "rl": rl_meta}
         else:
             self.policy = load_policy(path, device=cfg.device)
             make_executor(self.policy, 1, self.execution)  # sets the sampler; checks settings

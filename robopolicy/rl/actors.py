@@ -96,6 +96,10 @@ def load_rl_agent(path, config: dict, device: str | torch.device = "cpu"):
     from robopolicy.rl.networks import CriticEnsemble, DeterministicActor
 
     rl = config["rl"]
+    if rl["method"] == "expo":  # one policy: its own trained base, edit policy and critic
+        from robopolicy.rl.expo import load_expo_agent
+
+        return load_expo_agent(path, config, device)
     agent_cfg = AgentConfig(**config["finetune"]["agent"])
     if agent_cfg.algo == "sac":
         actor = GaussianActor(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robopolicy.rl.schedule import LR_DECAYS
+
 
 @dataclass
 class AgentConfig:
@@ -51,6 +53,15 @@ class AgentConfig:
     # relative gain in Q. TD3: actor loss -Q / mean|Q| + action_penalty * mean((a / scale)^2);
     # SAC: alpha log pi - Q + action_penalty * mean|Q| * mean((mean action / scale)^2).
     action_penalty: float = 0.0
+    # Polyak rate of an averaged copy of the actor, moved after every actor step:
+    # ema <- (1 - rate) ema + rate actor (0: off). When on, evals use the copy and checkpoints
+    # save it as the actor that eval and serve load (the raw actor stays in training_state):
+    # an average over the last ~1/rate actor steps moves less from one eval to the next.
+    actor_ema: float = 0.0
+    # decay of the actor's and the critics' learning rates over the run's env steps: none |
+    # linear | cosine, down to lr_floor times the initial rates (robopolicy.rl.schedule)
+    lr_decay: str = "none"
+    lr_floor: float = 0.1
 
 
 ALGOS = ("td3", "sac")
@@ -90,6 +101,12 @@ def validate_agent_config(cfg: AgentConfig) -> None:
         raise ValueError(
             f"agent.actor_delay must be >= 1 (critic steps per actor step), got {cfg.actor_delay}"
         )
+    if not 0 <= cfg.actor_ema < 1:
+        raise ValueError(f"agent.actor_ema (a Polyak rate) must be in [0, 1), got {cfg.actor_ema}")
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"agent.lr_decay {cfg.lr_decay!r} not in {LR_DECAYS}")
+    if not 0 <= cfg.lr_floor <= 1:
+        raise ValueError(f"agent.lr_floor must be in [0, 1], got {cfg.lr_floor}")
     if cfg.init_alpha <= 0:
         raise ValueError(
             f"agent.init_alpha (SAC's initial temperature) must be > 0, got {cfg.init_alpha}"

@@ -9,9 +9,15 @@ from robopolicy.device import resolve_device
 from robopolicy.rl.agent_config import AgentConfig, validate_agent_config
 
 NOISE_SPANS = ("chunk", "executed")  # DSRL: which steps' noise the agent chooses
+# DSRL: where reward_offset applies: once per executed env step, summed over the chunk (the
+# reference's), or once per chunk (this project's first form)
+DSRL_REWARDS = ("per_env_step", "per_chunk")
 
-METHODS = ("residual", "dsrl_sac", "dsrl_na", "scratch")
-BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na")  # methods that wrap a frozen BC policy
+METHODS = ("residual", "dsrl_sac", "dsrl_na", "expo", "scratch")
+# methods built on a BC policy (frozen, except EXPO's, whose denoiser keeps learning by imitation)
+BASE_METHODS = ("residual", "dsrl_sac", "dsrl_na", "expo")
+# methods whose agent step is one executed chunk (their sub-envs step one by one, in-process)
+CHUNK_METHODS = ("dsrl_sac", "dsrl_na", "expo")
 
 
 # What a resume may change (``robopolicy finetune CONFIG resume=RUN key=value``): the budget,
@@ -31,17 +37,34 @@ RESUMABLE = (
 
 
 @dataclass
+class ExpoConfig:
+    """EXPO's own settings (``robopolicy.rl.expo``); the critic and the edit policy's SAC
+    settings are ``agent.*`` (``agent.action_scale`` is not used: the edit bound is here)."""
+
+    num_samples: int = 8  # N base chunks (and their N edits) per selection (EXPO: 8)
+    edit_scale: float = 0.05  # beta: edits lie in [-beta, beta] per action dim (EXPO: 0.05)
+    base_lr: float = 1e-4  # the base's online imitation (AdamW, Diffusion Policy's rate)
+    base_batch_size: int = 256
+    base_demo_fraction: float = 0.5  # share of each imitation batch drawn from the demos
+    base_update_every: int = 1  # critic updates per imitation step of the base
+    # finished online episodes enter the base's imitation data in blocks of at least this many
+    # env steps (each block re-indexes the windows)
+    window_refresh: int = 1000
+
+
+@dataclass
 class FinetuneConfig:
     name: str = "finetune"
     # residual | dsrl_sac | dsrl_na | scratch (plain RL on the env's observations).
     # DSRL's noise bound m is agent.action_scale.
     method: str = "residual"
-    base: str | None = None  # the frozen BC checkpoint (a run or checkpoint dir)
+    base: str | None = None  # the BC checkpoint (a run or checkpoint dir), frozen except by EXPO
     env_id: str | None = None  # default: the base's task
     env_kwargs: dict[str, Any] | None = None  # default: the base's task (else {})
     obs_keys: list[str] | None = None  # scratch on a dict-observation env: keys to use
-    demos: str | None = None  # residual: demo dataset (default: the base's training data)
-    demo_fraction: float = 0.5  # residual: share of each batch drawn from demonstrations
+    # residual, expo: demo dataset (default: the base's training data)
+    demos: str | None = None
+    demo_fraction: float = 0.5  # residual, expo: share of each critic batch from demonstrations
     # residual: > 1 lets the residual open or close the gripper (its open/close dims get
     # a_base + gain * r / action_scale, executed as the sign, 0 counting as open); a flip
     # needs |r| > action_scale / gain, and a demo's opposite command (-+1) needs gain >= 2
@@ -58,6 +81,11 @@ class FinetuneConfig:
     # or of the executed steps only, the rest held at zero (executed: action_horizon x A)
     dsrl_noise: str = "chunk"
     reward_offset: float = 0.0  # added to every stored reward (DSRL: -1, sparse {-1, 0})
+    # DSRL: per_env_step adds reward_offset to each executed env step's reward and sums over
+    # the chunk (DSRL's reference: a chunk's sparse reward lies in [-action_horizon, 0]);
+    # per_chunk adds it once to the chunk's summed reward ({-1, 0} per chunk). The two agree
+    # for one-step methods.
+    dsrl_reward: str = "per_env_step"
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
     seed: int = 0
@@ -82,6 +110,27 @@ class FinetuneConfig:
     # to the device per update.
     device: str = "auto"
     agent: AgentConfig = field(default_factory=AgentConfig)
+    expo: ExpoConfig = field(default_factory=ExpoConfig)
+
+
+def _validate_expo(expo: ExpoConfig) -> None:
+    if expo.num_samples < 1:
+        raise ValueError(
+            f"expo.num_samples must be >= 1 (base chunks per selection), got {expo.num_samples}"
+        )
+    if expo.edit_scale <= 0:
+        raise ValueError(
+            f"expo.edit_scale must be > 0 (the edit bound beta; EXPO: 0.05), got {expo.edit_scale}"
+        )
+    if not 0 <= expo.base_demo_fraction <= 1:
+        raise ValueError(
+            f"expo.base_demo_fraction must be in [0, 1], got {expo.base_demo_fraction}"
+        )
+    for name in ("base_batch_size", "base_update_every", "window_refresh"):
+        if getattr(expo, name) < 1:
+            raise ValueError(f"expo.{name} must be >= 1, got {getattr(expo, name)}")
+    if expo.base_lr <= 0:
+        raise ValueError(f"expo.base_lr must be > 0, got {expo.base_lr}")
 
 
 def validate_finetune_config(cfg: FinetuneConfig) -> None:
@@ -90,10 +139,11 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"method {cfg.method!r} not in {METHODS}")
     if cfg.method in BASE_METHODS and not cfg.base:
         raise ValueError(f"method {cfg.method} needs base=<BC checkpoint>")
-    if cfg.method.startswith("dsrl") and cfg.agent.algo != "sac":
+    if cfg.method in CHUNK_METHODS and cfg.agent.algo != "sac":
         raise ValueError(f"method {cfg.method} is built on SAC; agent.algo is {cfg.agent.algo!r}")
-    if cfg.method != "residual" and cfg.demo_fraction > 0:
-        raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual)")
+    if cfg.method not in ("residual", "expo") and cfg.demo_fraction > 0:
+        raise ValueError(f"demo_fraction must be 0 for method {cfg.method} (demos: residual, expo)")
+    _validate_expo(cfg.expo)
     if cfg.method == "scratch" and not cfg.env_id:
         raise ValueError("method scratch needs env_id=...")
     if cfg.residual_gripper_gain != 0 and (
@@ -111,6 +161,8 @@ def validate_finetune_config(cfg: FinetuneConfig) -> None:
             "residual_gripper_by_critic: only for method residual, and not together with "
             f"residual_gripper_gain (got method {cfg.method}, gain {cfg.residual_gripper_gain})"
         )
+    if cfg.dsrl_reward not in DSRL_REWARDS:
+        raise ValueError(f"dsrl_reward {cfg.dsrl_reward!r} not in {DSRL_REWARDS}")
     if cfg.dsrl_noise not in NOISE_SPANS:
         raise ValueError(f"dsrl_noise {cfg.dsrl_noise!r} not in {NOISE_SPANS}")
     if cfg.agent.explore_correlation > 0 and cfg.agent.algo != "td3":

@@ -9,6 +9,10 @@ One agent step is one executed chunk::
               denoised exactly once per agent step
     execute   the chunk's first ``action_horizon`` actions, one env step each, stopping early
               if the episode ends; the reward is the sum over the executed steps
+    reward    with ``dsrl_reward: per_env_step`` (the reference's): sum_k (r_k - 1) over the
+              executed steps k, in [-action_horizon, 0] for sparse r; a chunk whose episode
+              succeeds at its step j (and so ends there) gets -(j - 1). ``per_chunk``: the
+              sum of r_k, minus 1 once
 
 DSRL-SAC is plain SAC on (s, w). DSRL-NA (noise aliasing) learns Q^A over executed chunks by
 TD, distils Q^W(s, w) from it with fresh noise, and trains the noise actor on Q^W::
@@ -175,13 +179,13 @@ class NoiseMDP(MDP):
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         success = np.zeros(n, dtype=bool)
-        env_steps = 0
+        executed = torch.zeros(n, dtype=torch.long)
         for i, env in enumerate(self.envs.envs):
             for k in range(horizon):
                 a = chunks[i, k * dim : (k + 1) * dim].numpy()
                 self._record(i, a)
                 obs, r, term, trunc, info = env.step(a)
-                env_steps += 1
+                executed[i] += 1
                 reward[i] += float(r)
                 success[i] |= bool(info.get("is_success", False))
                 self.base.push_row(i, obs)
@@ -193,7 +197,15 @@ class NoiseMDP(MDP):
         self._state = start
         critic_action = chunks if self.chunk_critic else action
         return Step(
-            critic_action, reward, next_state, terminated, truncated, success, start, env_steps
+            critic_action,
+            reward,
+            next_state,
+            terminated,
+            truncated,
+            success,
+            start,
+            int(executed.sum()),
+            executed,
         )
 
 
@@ -231,6 +243,9 @@ class NoiseAliasingLearner(Learner):
 
     def _optimizer_names(self) -> list[str]:
         return [*super()._optimizer_names(), "noise_critic_optim"]
+
+    def _decayed_rates(self) -> dict[str, float]:
+        return {**super()._decayed_rates(), "noise_critic_optim": self.cfg.critic_lr}
 
 
 class NoiseAgent:

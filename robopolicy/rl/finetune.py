@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from robopolicy.checkpoint import (
+    BEST,
     load_training_state,
     read_config,
     read_meta,
@@ -40,16 +41,23 @@ from robopolicy.checkpoint import (
 )
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.device import resolve_device
-from robopolicy.files import atomic_save_figure, atomic_write_text
+from robopolicy.files import atomic_save_figure, atomic_write_json, atomic_write_text
 from robopolicy.resume import resumed_config
+from robopolicy.rl import expo
 from robopolicy.rl.actors import FlatObsAgent, ResidualAgent
-from robopolicy.rl.config import RESUMABLE, FinetuneConfig, validate_finetune_config
+from robopolicy.rl.config import (
+    CHUNK_METHODS,
+    RESUMABLE,
+    FinetuneConfig,
+    validate_finetune_config,
+)
 from robopolicy.rl.dsrl import NoiseAgent, NoiseAliasingLearner, NoiseBase, NoiseMDP
 from robopolicy.rl.learner import Learner
 from robopolicy.rl.mdp import MDP, FlatMDP, ResidualMDP, Step, seed_stream
 from robopolicy.rl.replay import ReplayBuffer, sample_mixed
 from robopolicy.rl.residual import ResidualBase, demo_buffer
-from robopolicy.rl.run_record import finished_result, recorded_history
+from robopolicy.rl.run_record import best_eval, eval_score, finished_result, recorded_history
+from robopolicy.rl.schedule import lr_factor
 from robopolicy.runlog import RunLogger, eval_metrics, plan_run_dir, resumed_in_place
 from robopolicy.sim.evaluate import evaluate, summary_line
 from robopolicy.sim.vector import make_env, make_vector_env
@@ -69,9 +77,10 @@ class Setup:
 
     env_id: str
     env_kwargs: dict[str, Any]
-    policy: Any = None  # the frozen base (residual, DSRL)
+    policy: Any = None  # the base (residual, DSRL: frozen; EXPO: its denoiser trains)
     obs_keys: list[str] | None = None  # scratch
     demos: ReplayBuffer | None = None
+    demo_windows: Any = None  # EXPO: the demos as the base's training windows
     base_checkpoint: str | None = None
     discrete_dims: tuple[int, ...] = ()  # open/close action dims of the env
 
@@ -214,13 +223,13 @@ def _build(cfg: FinetuneConfig, resume: Resume | None) -> Run:
     torch.manual_seed(cfg.seed)
     setup = _setup(cfg, device)
 
-    # DSRL steps sub-envs one by one inside a chunk: in-process (synchronous) envs
-    asynchronous = not cfg.method.startswith("dsrl")
+    # DSRL and EXPO step sub-envs one by one inside a chunk: in-process (synchronous) envs
+    asynchronous = cfg.method not in CHUNK_METHODS
     envs = make_vector_env(setup.env_id, cfg.num_envs, setup.env_kwargs, asynchronous)
     counters = {"env_steps": 0, "episodes": 0, "updates": 0, "update_budget": 0.0, "seconds": 0.0}
     try:
         mdp = _make_mdp(cfg, setup, envs)
-        learner = _make_learner(cfg, mdp).to(device)
+        learner = _make_learner(cfg, setup, mdp).to(device)
         online = ReplayBuffer(mdp.obs_dim, mdp.critic_action_dim, cfg.buffer_capacity, cfg.num_envs)
         running: dict[str, Any] | None = None
         history: list[dict[str, Any]] = []
@@ -279,7 +288,7 @@ def _train_loop(run: Run) -> None:
     while counters["env_steps"] < cfg.env_steps:
         # ---- act ----------------------------------------------------------------------------
         if counters["env_steps"] < cfg.warmup_steps:
-            action = _warmup_action(cfg, state.shape[0], mdp.action_dim)
+            action = _warmup_action(cfg, state, mdp.action_dim, learner)
         else:
             action = learner.act(state, explore=True)
         step = mdp.step(action)
@@ -287,7 +296,7 @@ def _train_loop(run: Run) -> None:
             online.add(
                 state,
                 step.critic_action,
-                step.reward + cfg.reward_offset,
+                stored_reward(cfg, step),
                 step.next_state,
                 torch.as_tensor(step.terminated),
                 torch.as_tensor(step.truncated),
@@ -304,6 +313,10 @@ def _train_loop(run: Run) -> None:
         # ---- learn --------------------------------------------------------------------------
         if counters["env_steps"] >= cfg.warmup_steps:
             counters["update_budget"] += cfg.updates_per_step * cfg.num_envs  # agent steps
+            agent = cfg.agent
+            learner.scale_learning_rates(
+                lr_factor(agent.lr_decay, counters["env_steps"], cfg.env_steps, agent.lr_floor)
+            )
             while counters["update_budget"] >= 1:
                 batch = sample_mixed(
                     online,
@@ -345,8 +358,9 @@ def _train_loop(run: Run) -> None:
 
 
 def _evaluate(run: Run, n_episodes: int, out_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate the current actor (a copy: eval never touches the learner), add the row to the
-    history and the log."""
+    """Evaluate the current actor (a copy: eval never touches the learner; the averaged actor
+    with ``agent.actor_ema``), add the row to the history and the log, and keep the actor as
+    ``checkpoints/best`` when it beats every earlier eval."""
     cfg, counters = run.cfg, run.counters
     summary = evaluate(
         run.setup.env_id,
@@ -360,8 +374,13 @@ def _evaluate(run: Run, n_episodes: int, out_dir: Path | None = None) -> dict[st
         progress=False,
     )
     row = {"env_steps": counters["env_steps"], **eval_metrics(summary)}
+    earlier = best_eval(run.history)
     run.history.append(row)
     run.logger.log(counters["env_steps"], "eval", eval_metrics(summary))
+    if earlier is None or eval_score(row) > eval_score(earlier):
+        _save(run, eval_metrics(summary), best=True)
+    best = best_eval(run.history)
+    run.logger.log(counters["env_steps"], "best", _best_metrics(best))
     run.progress.write(f"[{counters['env_steps']} env steps] {summary_line(summary)}")
     if run.on_eval is not None:
         run.on_eval(counters["env_steps"], summary)
@@ -378,15 +397,37 @@ def _finish(run: Run) -> dict[str, Any]:
     return final
 
 
+def _best_metrics(best: dict[str, Any]) -> dict[str, Any]:
+    """The best eval so far, as ``metrics.jsonl`` logs it beside each eval (``best/...``)."""
+    return {"env_steps": best["env_steps"], "success_rate": best["success_rate"]} | {
+        "mean_return": best["mean_return"],
+        "n_episodes": best["n_episodes"],
+    }
+
+
 def _result(run: Run, final: dict[str, Any]) -> dict[str, Any]:
-    """The plot of the evals and what ``finetune`` returns, for the whole run."""
+    """The plot of the evals, ``summary.json`` (the final and the best eval, where each
+    checkpoint is) and what ``finetune`` returns, for the whole run."""
     seconds = run.counters["seconds"]
     # tasks that report info["is_success"] (the own tasks, robosuite) plot success, others return
     _plot(run.history, run.run_dir, run.cfg.name, has_success=final.get("success_signal", True))
+    best = best_eval(run.history)
+    atomic_write_json(
+        run.run_dir / "summary.json",
+        {
+            "final": run.history[-1],
+            "best": best,
+            "checkpoint": str(run.last_checkpoint),
+            "best_checkpoint": str(run.run_dir / "checkpoints" / BEST),
+            "env_steps": run.counters["env_steps"],
+            "minutes": None if seconds is None else seconds / 60,
+        },
+    )
     return {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.last_checkpoint),
         "final": final,
+        "best": best,
         "history": run.history,
         "minutes": None if seconds is None else seconds / 60,  # the whole run's
         "session_minutes": (time.perf_counter() - run.started) / 60,  # this process's
@@ -462,7 +503,34 @@ def _setup(cfg: FinetuneConfig, device: torch.device) -> Setup:
             )
         episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
         setup.demos = demo_buffer(policy, episodes, discrete, reward_offset=cfg.reward_offset)
+    if cfg.method == "expo":
+        _expo_demos(cfg, setup, demos_path, base_path)
     return setup
+
+
+def _expo_demos(cfg: FinetuneConfig, setup: Setup, demos_path: str | None, base_path) -> None:
+    """EXPO's demonstrations: the base's imitation windows, and (``demo_fraction`` > 0) the
+    critic's demo chunks. The base keeps learning by imitation, so it needs them."""
+    from robopolicy.data.hdf5 import load_episodes
+    from robopolicy.data.sequence import SequenceWindows
+
+    if not demos_path:
+        raise ConfigError(
+            f"method expo trains its base by imitation on demos and online data, but neither "
+            f"demos= nor the base's task ({base_path}) names a dataset: set demos=<file.hdf5>"
+        )
+    policy = setup.policy
+    episodes = load_episodes(demos_path, keys=list(policy.shapes.obs))
+    horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+    setup.demo_windows = SequenceWindows(episodes, list(policy.shapes.obs), *horizons)
+    if cfg.demo_fraction > 0:
+        setup.demos = expo.demo_chunk_buffer(
+            policy,
+            episodes,
+            setup.discrete_dims,
+            cfg.reward_offset,
+            per_env_step=cfg.dsrl_reward == "per_env_step",
+        )
 
 
 def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
@@ -479,10 +547,23 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     if cfg.method.startswith("dsrl"):
         base = NoiseBase(setup.policy, cfg.num_envs, setup.discrete_dims, cfg.dsrl_noise)
         return NoiseMDP(envs, seeds, base, chunk_critic=cfg.method == "dsrl_na")
+    if cfg.method == "expo":
+        policy = setup.policy
+        horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+        online = expo.OnlineEpisodes(
+            list(policy.shapes.obs), horizons, cfg.expo.window_refresh, cfg.buffer_capacity
+        )
+        return expo.ExpoMDP(envs, seeds, expo.ExpoBase(policy, cfg.num_envs), online)
     return FlatMDP(envs, seeds, setup.obs_keys)
 
 
-def _make_learner(cfg: FinetuneConfig, mdp: MDP) -> Learner:
+def _make_learner(cfg: FinetuneConfig, setup: Setup, mdp: MDP) -> Learner:
+    if cfg.method == "expo":
+        learner = expo.ExpoLearner(cfg.agent, cfg.expo, setup.policy, setup.discrete_dims)
+        learner.imitation = expo.ImitationData(
+            setup.demo_windows, mdp.online, cfg.expo.base_batch_size, cfg.expo.base_demo_fraction
+        )
+        return learner
     if cfg.method == "dsrl_na":
         return NoiseAliasingLearner(
             cfg.agent, mdp.obs_dim, mdp.action_dim, mdp.critic_action_dim, mdp.critic_action
@@ -512,9 +593,14 @@ def _gripper_critic(mdp: MDP):
     return getattr(getattr(mdp, "base", None), "gripper_critic", None)
 
 
-def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor:
+def _warmup_action(
+    cfg: FinetuneConfig, state: torch.Tensor, action_dim: int, learner
+) -> torch.Tensor:
     """Residual: the base action plus small Gaussian noise; DSRL: the base's own N(0, I) noise
-    (within the bound); scratch: uniform random actions."""
+    (within the bound); EXPO: one sample of the base; scratch: uniform random actions."""
+    if cfg.method == "expo":
+        return learner.base_action(state)
+    n = state.shape[0]
     scale = cfg.agent.action_scale
     if cfg.method.startswith("dsrl"):
         return torch.randn(n, action_dim).clamp(-scale, scale)
@@ -523,8 +609,24 @@ def _warmup_action(cfg: FinetuneConfig, n: int, action_dim: int) -> torch.Tensor
     return scale * (2 * torch.rand(n, action_dim) - 1)
 
 
+def stored_reward(cfg: FinetuneConfig, step: Step) -> torch.Tensor:
+    """The reward the replay keeps: the env's plus ``reward_offset`` per executed env step
+    (``dsrl_reward: per_env_step``, DSRL's reference) or once per agent step (``per_chunk``).
+    One-step methods execute one env step per agent step: both forms agree there."""
+    if cfg.dsrl_reward == "per_env_step":
+        return step.reward + cfg.reward_offset * step.executed_steps()
+    return step.reward + cfg.reward_offset
+
+
 def _eval_agent(cfg: FinetuneConfig, setup: Setup, learner: Learner, mdp: MDP):
-    actor = copy.deepcopy(learner.actor).eval()
+    if cfg.method == "expo":  # copies: eval never touches the learner
+        return expo.ExpoAgent(
+            copy.deepcopy(learner.policy),
+            copy.deepcopy(learner.policy_actor()),
+            copy.deepcopy(learner.critic),
+            cfg.expo.num_samples,
+        )
+    actor = copy.deepcopy(learner.policy_actor()).eval()
     if cfg.method == "residual":
         critic = _gripper_critic(mdp)
         return ResidualAgent(
@@ -552,13 +654,13 @@ def _diverged(err: Exception, counters: dict, last: Path | None) -> str:
     return f"stopped at env step {counters['env_steps']}: {err}; {kept}"
 
 
-def _save(run: Run, metrics: dict) -> Path:
-    """A checkpoint of everything now, with the run's clock brought up to date."""
+def _save(run: Run, metrics: dict, best: bool = False) -> Path:
+    """A checkpoint of everything now, with the run's clock brought up to date; with ``best``
+    the policy alone (no training state) as ``checkpoints/best``, ``last`` left as it is."""
     cfg, setup, learner, counters = run.cfg, run.setup, run.learner, run.counters
     if run.start_seconds is not None:
         counters["seconds"] = run.start_seconds + time.perf_counter() - run.started
     gripper_critic = _gripper_critic(run.mdp)
-    mdp_tensors, mdp_plain = run.mdp.state_dict()
     config = {
         "finetune": to_dict(cfg),
         "rl": {
@@ -574,27 +676,38 @@ def _save(run: Run, metrics: dict) -> Path:
         },
         "task": {"env_id": setup.env_id, "env_kwargs": setup.env_kwargs},
     }
-    training_state = {
-        **learner.training_state(),
+    weights = {f"actor.{k}": v for k, v in learner.policy_actor().state_dict().items()}
+    if gripper_critic is not None:
+        weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
+    if cfg.method == "expo":  # one policy: the trained base (and its config), edit, critic
+        weights = expo.checkpoint_weights(learner)
+        base_config = read_config(setup.base_checkpoint)
+        config.update(policy=base_config["policy"], shapes=base_config["shapes"])
+    name = BEST if best else f"{counters['env_steps']:07d}"
+    return save_checkpoint(
+        run.run_dir / "checkpoints" / name,
+        weights,
+        config,
+        step=counters["env_steps"],
+        metrics=metrics,
+        training_state=None if best else _training_state(run),
+        point_last=not best,
+    )
+
+
+def _training_state(run: Run) -> dict[str, Any]:
+    """Everything an exact resume needs, beside the policy's weights."""
+    mdp_tensors, mdp_plain = run.mdp.state_dict()
+    return {
+        **run.learner.training_state(),
         "replay": run.online.state_dict(),
-        "counters": counters,
+        "counters": run.counters,
         "history": run.history,  # the evals that led here: a resumed run reports the whole run
         "rng": train_state.rng_state(),
         "mdp_tensors": mdp_tensors,  # the running episodes, replayed on resume
         "mdp": mdp_plain,
         "episodes": run.episodes.state_dict(),  # the training episodes' statistics (logs)
     }
-    weights = {f"actor.{k}": v for k, v in learner.actor.state_dict().items()}
-    if gripper_critic is not None:
-        weights.update({f"critic.{k}": v for k, v in gripper_critic.state_dict().items()})
-    return save_checkpoint(
-        run.run_dir / "checkpoints" / f"{counters['env_steps']:07d}",
-        weights,
-        config,
-        step=counters["env_steps"],
-        metrics=metrics,
-        training_state=training_state,
-    )
 
 
 def _restore(

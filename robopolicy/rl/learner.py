@@ -15,7 +15,10 @@ SAC (Haarnoja et al. 2018, auto-tuned temperature):
                   (without the alpha term when ``backup_entropy`` is off)
     L_pi = alpha log pi(a|s) - min_i Q_i(s, a)   (mean_i with ``actor_q: mean``)
     L_alpha = -alpha (log pi + H_target)
-Both clip y to ``value_bounds`` when set. Targets follow by Polyak averaging with rate tau.
+Both clip y to ``value_bounds`` when set. Targets follow by Polyak averaging with rate tau;
+with ``actor_ema`` > 0 an averaged actor follows the actor the same way (rate actor_ema) and is
+what evals run. ``scale_learning_rates`` sets the actor's and critics' rates to a factor of
+their initial values (the decay schedule of ``robopolicy.rl.schedule``).
 """
 
 from __future__ import annotations
@@ -132,9 +135,27 @@ class Learner(SavesTrainingState, nn.Module):
             copy.deepcopy(self.actor).requires_grad_(False) if cfg.algo == "td3" else None
         )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # the averaged actor that evals run and checkpoints save as the policy (None: off)
+        self.actor_ema = (
+            copy.deepcopy(self.actor).requires_grad_(False) if cfg.actor_ema > 0 else None
+        )
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.critic_updates = 0
+
+    def policy_actor(self) -> nn.Module:
+        """The actor that evals run and checkpoints keep: the averaged copy when on."""
+        return self.actor_ema if self.actor_ema is not None else self.actor
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Actor and critic learning rates at ``factor`` times the configured ones."""
+        for name, initial in self._decayed_rates().items():
+            for group in getattr(self, name).param_groups:
+                group["lr"] = initial * factor
+
+    def _decayed_rates(self) -> dict[str, float]:
+        """The optimisers the decay schedule moves, with their initial rates."""
+        return {"actor_optim": self.cfg.actor_lr, "critic_optim": self.cfg.critic_lr}
 
     @property
     def alpha(self) -> Tensor:
@@ -190,6 +211,8 @@ class Learner(SavesTrainingState, nn.Module):
         due = self.cfg.algo == "sac" or self.critic_updates % self.cfg.actor_delay == 0
         if update_actor and due:
             metrics.update(self._update_actor(batch.obs))
+            if self.actor_ema is not None:
+                _polyak(self.actor, self.actor_ema, self.cfg.actor_ema)
         if due:  # TD3 moves its targets with the delayed actor, SAC after every step
             _polyak(self.critic, self.critic_target, self.cfg.tau)
             if self.actor_target is not None:

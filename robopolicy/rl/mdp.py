@@ -43,6 +43,15 @@ class Step:
     success: np.ndarray  # (N,) bool: the task succeeded during this step
     start_state: Tensor  # (N, obs_dim): where each sub-env acts from next
     env_steps: int  # env steps taken, summed over sub-envs
+    # (N,): env steps each sub-env executed in this step (DSRL: up to a chunk's length, fewer
+    # where its episode ended inside the chunk); None: one each
+    executed: Tensor | None = None
+
+    def executed_steps(self) -> Tensor:
+        """Env steps per sub-env in this step, as floats (1 for single-step MDPs)."""
+        if self.executed is None:
+            return torch.ones(self.reward.shape[0])
+        return self.executed.float()
 
 
 class MDP:
@@ -85,6 +94,7 @@ class MDP:
         """Reset the ended sub-envs; the state to act from next."""
         if not ended.any():
             return next_state
+        self._episodes_ended(ended)
         seeds = [next(self.seeds) if e else None for e in ended]
         for i in np.flatnonzero(ended):
             self.episode_seeds[i], self.episode_actions[i] = seeds[i], []
@@ -146,6 +156,10 @@ class MDP:
 
     def _record(self, i: int, env_action: np.ndarray) -> None:
         self.episode_actions[i].append(np.array(env_action, dtype=np.float32))
+
+    def _episodes_ended(self, ended: np.ndarray) -> None:
+        """The episodes of the sub-envs in ``ended`` are over (their seeds and actions are
+        still recorded): EXPO keeps them for its base's imitation."""
 
     def _start_episodes(self, mask: np.ndarray) -> None:
         """New episodes begin in the sub-envs of ``mask`` (clear per-episode state)."""

@@ -57,6 +57,22 @@ def eval_history(run_dir: Path, up_to: int) -> list[dict[str, Any]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def eval_score(row: dict[str, Any]) -> tuple[float, float]:
+    """How evals rank: success first, mean return between equal successes (and alone on tasks
+    without a success signal, whose success is always 0; rows logged without it count 0)."""
+    return (float(row["success_rate"]), float(row.get("mean_return", 0.0)))
+
+
+def best_eval(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The earliest of the best-scoring evals (None before any): the one ``checkpoints/best``
+    holds the actor of."""
+    best = None
+    for row in history:
+        if best is None or eval_score(row) > eval_score(best):
+            best = row
+    return best
+
+
 def finished_result(checkpoint: Path) -> dict[str, Any]:
     """The result of a run whose ``checkpoint`` is its last (the budget ran out): its final
     eval (``eval-<step>/eval.json``), eval history and wall time, as ``finetune`` returns them."""
@@ -69,13 +85,15 @@ def finished_result(checkpoint: Path) -> dict[str, Any]:
             f"{checkpoint} ends the run, but its final eval {final_file} is missing"
         )
     state = training_state_json(checkpoint)
+    history = recorded_history(checkpoint, state)
     # summed over the processes whose work led here; None where checkpoints kept no clock yet
     seconds = state["counters"].get("seconds")
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
         "final": json.loads(final_file.read_text()),
-        "history": recorded_history(checkpoint, state),
+        "history": history,
+        "best": best_eval(history),
         "minutes": None if seconds is None else seconds / 60,
         "session_minutes": 0.0,
         "env_steps": step,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robopolicy.checkpoint import BEST
 from robopolicy.config import ConfigError, load_config, to_dict
 from robopolicy.distributed import RayConfig, check_executor
 from robopolicy.distributed.executor import Job, make_executor
@@ -150,6 +151,9 @@ class EvalConfig:
     """
 
     checkpoint: str | None = None
+    # which of a run's checkpoints: last (its final, the default) or best (an RL run's actor at
+    # its best eval, checkpoints/best)
+    pick: str = "last"
     env_id: str | None = None
     env_kwargs: dict[str, Any] | None = None
     # a robomimic file whose env_args make the env (e.g. a published dataset), in place of the
@@ -199,9 +203,10 @@ def checkpoint_agent(path: Path, config: dict[str, Any], device: str, execution)
 
 
 def load_eval_config(target: str, overrides: list[str]) -> EvalConfig:
-    """``robopolicy eval TARGET``: a checkpoint (or its ``checkpoints/`` or run folder), or an
-    eval config file."""
-    if Path(target).is_dir():
+    """``robopolicy eval TARGET``: a checkpoint (or its ``checkpoints/`` or run folder, or
+    ``<run>/best``), or an eval config file."""
+    path = Path(target)
+    if path.is_dir() or (path.name == BEST and path.parent.is_dir()):  # <run>/best
         return load_config(None, EvalConfig, [f"checkpoint={target}", *overrides])
     if not Path(target).exists():
         raise ConfigError(f"eval: no checkpoint or config at {target}")
@@ -222,7 +227,7 @@ def _run_eval_config(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.checkpoint is not None:
         from robopolicy.checkpoint import checkpoint_run, read_config, read_meta, resolve_checkpoint
 
-        path = resolve_checkpoint(cfg.checkpoint)
+        path = resolve_checkpoint(cfg.checkpoint, cfg.pick)
         source = str(path)
         config = read_config(path)
         task = config.get("task", {})
@@ -323,6 +328,7 @@ def evaluate_in_shards(
         num_gpus = 1.0 if cfg.executor == "ray" and cfg.device.startswith("cuda") else 0.0
     agent = {
         "checkpoint": cfg.checkpoint,
+        "pick": cfg.pick,
         "noise": cfg.noise,
         "device": cfg.device,
         "execution": to_dict(cfg.execution),
@@ -364,7 +370,7 @@ def _shard(agent: dict[str, Any], shard: dict[str, Any]) -> dict[str, Any]:
         from robopolicy.checkpoint import read_config, resolve_checkpoint
         from robopolicy.inference.execution import ExecutionConfig
 
-        path = resolve_checkpoint(agent["checkpoint"])
+        path = resolve_checkpoint(agent["checkpoint"], agent["pick"])
         execution = ExecutionConfig(**agent["execution"])
         built = checkpoint_agent(path, read_config(path), agent["device"], execution)
     else:
