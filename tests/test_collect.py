@@ -74,9 +74,15 @@ def _start_collection(output: Path) -> subprocess.Popen:
     ]
     overrides = ["n_demos=100000", "num_envs=1", f"output={output}"]
     process = subprocess.Popen(
-        [*command, *overrides], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*command, *overrides],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # a test run started in the background (`make test &`) ignores SIGINT, and the child
+        # would inherit that; the test is about a collection that hears it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 300  # a loaded machine takes long to import torch
+    deadline = time.monotonic() + 120
     while not _temporaries(output):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()  # never leave a 100000-demo collection running
