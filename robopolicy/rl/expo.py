@@ -52,7 +52,7 @@ from robopolicy.inference.history import ObservationHistories, obs_tensor
 from robopolicy.rl.agent_config import AgentConfig, validate_agent_config
 from robopolicy.rl.config import ExpoConfig
 from robopolicy.rl.dsrl import NoiseMDP
-from robopolicy.rl.learner import SavesTrainingState, _polyak, _step
+from robopolicy.rl.learner import SavesTrainingState, _polyak, _step, regress_critic
 from robopolicy.rl.networks import CriticEnsemble, GaussianActor, min_of_random_subset
 from robopolicy.rl.replay import Batch, ReplayBuffer
 
@@ -219,13 +219,7 @@ class ExpoLearner(SavesTrainingState, nn.Module):
             q_next = min_of_random_subset(
                 self.critic_target(batch.next_obs, next_action), cfg.target_subset
             )
-            y = batch.returns + batch.discount * q_next
-            if cfg.value_bounds is not None:
-                y = y.clamp(*cfg.value_bounds)
-        q = self.critic(batch.obs, batch.actions)
-        loss = ((q - y) ** 2).mean(dim=1).sum()
-        _step(self.critic_optim, loss, self.critic, cfg.grad_clip)
-        return {"critic_loss": loss.item() / cfg.critic_heads, "q_mean": q.mean().item()}
+        return regress_critic(self.critic, self.critic_optim, batch, q_next, cfg)
 
     def _update_edit(self, features: Tensor) -> dict[str, float]:
         cfg = self.cfg

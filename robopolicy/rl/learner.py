@@ -246,13 +246,7 @@ class Learner(SavesTrainingState, nn.Module):
             )
             if cfg.algo == "sac" and cfg.backup_entropy:
                 q_next = q_next - self.alpha * next_log_prob
-            y = batch.returns + batch.discount * q_next
-            if cfg.value_bounds is not None:
-                y = y.clamp(*cfg.value_bounds)
-        q = self.critic(batch.obs, batch.actions)
-        loss = ((q - y) ** 2).mean(dim=1).sum()
-        _step(self.critic_optim, loss, self.critic, cfg.grad_clip)
-        return {"critic_loss": loss.item() / cfg.critic_heads, "q_mean": q.mean().item()}
+        return regress_critic(self.critic, self.critic_optim, batch, q_next, cfg)
 
     def _update_actor(self, obs: Tensor) -> dict[str, float]:
         cfg = self.cfg
@@ -294,6 +288,25 @@ class Learner(SavesTrainingState, nn.Module):
 
     def _optimizer_names(self) -> list[str]:
         return ["actor_optim", "critic_optim"] + (["alpha_optim"] if self.cfg.algo == "sac" else [])
+
+
+def regress_critic(
+    critic: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    q_next: Tensor,
+    cfg: AgentConfig,
+) -> dict[str, float]:
+    """The TD step every learner shares: the n-step target y = R + discount * q_next (clipped to
+    ``cfg.value_bounds``), and each critic head regressed onto it."""
+    with torch.no_grad():
+        y = batch.returns + batch.discount * q_next
+        if cfg.value_bounds is not None:
+            y = y.clamp(*cfg.value_bounds)
+    q = critic(batch.obs, batch.actions)
+    loss = ((q - y) ** 2).mean(dim=1).sum()
+    _step(optimizer, loss, critic, cfg.grad_clip)
+    return {"critic_loss": loss.item() / cfg.critic_heads, "q_mean": q.mean().item()}
 
 
 def _step(
