@@ -18,6 +18,7 @@ from robopolicy.rl.config import ExpoConfig, FinetuneConfig, validate_finetune_c
 from robopolicy.rl.expo import (
     ExpoAgent,
     ExpoLearner,
+    InRange,
     OnlineEpisodes,
     base_chunks,
     candidates,
@@ -72,6 +73,9 @@ def test_learner_trains_the_base_by_imitation_but_not_its_encoder() -> None:
     denoiser = {k: v.clone() for k, v in policy.denoiser.state_dict().items()}
 
     class Windows:
+        def metrics(self):
+            return {}
+
         def sample(self, device):
             return {
                 "obs": {"state": torch.randn(8, policy.obs_horizon, 3)},
@@ -114,6 +118,55 @@ def test_online_episodes_are_indexed_in_blocks_and_round_trip() -> None:
     assert [e.num_samples for e in online.episodes] == [5, 5]
 
 
+def test_online_episodes_are_cut_where_they_leave_the_base_range() -> None:
+    """The demos span [0, 1] per feature (normalised to [-1, 1]); limit 1.5 admits [-0.25,
+    1.25]: an episode is kept up to its first frame beyond, and the kept share is counted."""
+    from robopolicy.data.normalizer import Normalizer
+
+    normalizer = Normalizer.fit({"state": np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)})
+    in_range = InRange(normalizer, limit=1.5)
+    states = np.array([[0.5, 0.5], [1.2, -0.2], [0.5, 1.3], [0.5, 0.5]], np.float32)
+    assert in_range.prefix({"state": states}) == 2
+    assert in_range.prefix({"state": states[:2]}) == 2
+    assert in_range.prefix({"state": states[2:]}) == 0
+
+    online = OnlineEpisodes(["state"], (1, 2, 1), refresh=1, capacity=100, in_range=in_range)
+    online.add([{"state": s} for s in states], [np.full(2, t, np.float32) for t in range(4)])
+    assert [e.num_samples for e in online.episodes] == [2]
+    assert online.episodes[0].actions[:, 0].tolist() == [0.0, 1.0]
+    online.add([{"state": s} for s in states[2:]], [np.zeros(2, np.float32)] * 2)
+    assert len(online.episodes) == 1  # nothing in range: nothing kept
+    assert online.kept_fraction == pytest.approx(2 / 6)
+
+
+def test_base_ema_acts_with_an_average_of_the_imitated_base() -> None:
+    """With expo.base_ema the imitation trains a copy; the acting base (checkpointed) moves
+    toward it by the Polyak rate per imitation step."""
+    rate = 0.25
+    learner = _learner(num_samples=2, base_ema=rate)
+    acting, imitated = learner.policy, learner.imitated_base
+    assert imitated is not acting
+    before = {k: v.clone() for k, v in acting.denoiser.state_dict().items()}
+    learner.imitation = type(
+        "Windows",
+        (),
+        {
+            "metrics": lambda self: {},
+            "sample": lambda self, device: {
+                "obs": {"state": torch.randn(8, acting.obs_horizon, 3)},
+                "actions": torch.rand(8, acting.pred_horizon, 2) * 2 - 1,
+            },
+        },
+    )()
+    learner._update_base(learner.imitation.sample("cpu"))
+    for key, old in before.items():
+        trained = imitated.denoiser.state_dict()[key]
+        expected = old + rate * (trained - old)
+        torch.testing.assert_close(acting.denoiser.state_dict()[key], expected)
+    assert any(not torch.equal(before[k], v) for k, v in acting.denoiser.state_dict().items())
+    assert "imitated.denoiser" in " ".join(learner.state_dict())  # resumes with its copy
+
+
 def test_demo_chunks_sum_rewards_and_chain_by_the_chunk_length() -> None:
     from robopolicy.data.hdf5 import Episode
 
@@ -143,6 +196,8 @@ def test_demo_chunks_sum_rewards_and_chain_by_the_chunk_length() -> None:
         ("expo.edit_scale=0", "expo.edit_scale must be > 0"),
         ("expo.num_samples=0", "expo.num_samples must be >= 1"),
         ("agent.algo=td3", "built on SAC"),
+        ("expo.base_ema=1", "expo.base_ema"),
+        ("expo.imitation_obs_limit=0.5", "expo.imitation_obs_limit must be >= 1"),
     ],
 )
 def test_bad_expo_settings_are_refused_before_training(override, message) -> None:

@@ -47,9 +47,17 @@ class ExpoConfig:
     base_batch_size: int = 256
     base_demo_fraction: float = 0.5  # share of each imitation batch drawn from the demos
     base_update_every: int = 1  # critic updates per imitation step of the base
+    # Polyak rate of the acting base toward the one the imitation trains (0: they are one). As
+    # Diffusion Policy evaluates an EMA of its weights: a fresh optimiser's first steps on a
+    # converged base shake it, and the average rides them out
+    base_ema: float = 0.0
     # finished online episodes enter the base's imitation data in blocks of at least this many
     # env steps (each block re-indexes the windows)
     window_refresh: int = 1000
+    # an online episode is imitated up to its first frame with a low-dim feature beyond this
+    # many demo half-spans from the demos' centre (the normaliser maps the demos to [-1, 1]);
+    # null imitates every frame, as EXPO's reference does (its datasets cover the online states)
+    imitation_obs_limit: float | None = 1.5
 
 
 @dataclass
@@ -131,6 +139,13 @@ def _validate_expo(expo: ExpoConfig) -> None:
             raise ValueError(f"expo.{name} must be >= 1, got {getattr(expo, name)}")
     if expo.base_lr <= 0:
         raise ValueError(f"expo.base_lr must be > 0, got {expo.base_lr}")
+    if not 0 <= expo.base_ema < 1:
+        raise ValueError(f"expo.base_ema (a Polyak rate) must be in [0, 1), got {expo.base_ema}")
+    if expo.imitation_obs_limit is not None and expo.imitation_obs_limit < 1:
+        raise ValueError(
+            f"expo.imitation_obs_limit must be >= 1 (the demos span [-1, 1]) or null, got "
+            f"{expo.imitation_obs_limit}"
+        )
 
 
 def validate_finetune_config(cfg: FinetuneConfig) -> None:

@@ -120,8 +120,10 @@ class ExpoLearner(SavesTrainingState, nn.Module):
             raise ValueError(f"EXPO's edit policy is SAC's; agent.algo is {cfg.algo!r}")
         self.cfg, self.expo = cfg, expo
         self.discrete_dims = tuple(discrete_dims)
-        self.policy = policy.eval()
+        self.policy = policy.eval()  # the base that acts, backs up and is checkpointed
         self.policy.obs_encoder.requires_grad_(False)  # the replay's features stay valid
+        # with expo.base_ema the imitation trains a copy and the acting base is its average
+        self.imitated = copy.deepcopy(policy) if expo.base_ema > 0 else None
         self.obs_dim = policy.obs_encoder.out_dim
         self.action_dim = policy.action_horizon * policy.action_dim  # an executed chunk
         self.actor = GaussianActor(
@@ -151,12 +153,17 @@ class ExpoLearner(SavesTrainingState, nn.Module):
         self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-        trainable = [p for p in policy.parameters() if p.requires_grad]
+        trainable = [p for p in self.imitated_base.parameters() if p.requires_grad]
         self.base_optim = torch.optim.AdamW(
             trainable, lr=expo.base_lr, betas=(0.95, 0.999), weight_decay=1e-6
         )
         self.critic_updates = 0
         self.imitation: ImitationData | None = None  # set by the run: the base's windows
+
+    @property
+    def imitated_base(self):
+        """The base the imitation trains: ``policy`` itself, or its copy with expo.base_ema."""
+        return self.imitated if self.imitated is not None else self.policy
 
     @property
     def alpha(self) -> Tensor:
@@ -210,6 +217,7 @@ class ExpoLearner(SavesTrainingState, nn.Module):
         _polyak(self.critic, self.critic_target, self.cfg.tau)
         if self.imitation is not None and self.critic_updates % self.expo.base_update_every == 0:
             metrics.update(self._update_base(self.imitation.sample(self.device)))
+            metrics.update(self.imitation.metrics())
         return metrics
 
     def _update_critic(self, batch: Batch) -> dict[str, float]:
@@ -241,12 +249,15 @@ class ExpoLearner(SavesTrainingState, nn.Module):
         }
 
     def _update_base(self, batch: dict[str, Any]) -> dict[str, float]:
-        self.policy.train()  # the encoder's augmentation (random crop) for imitation
+        base = self.imitated_base
+        base.train()  # the encoder's augmentation (random crop) for imitation
         try:
-            loss = self.policy.compute_loss(batch)
-            _step(self.base_optim, loss, self.policy, self.cfg.grad_clip)
+            loss = base.compute_loss(batch)
+            _step(self.base_optim, loss, base, self.cfg.grad_clip)
         finally:
-            self.policy.eval()
+            base.eval()
+        if self.imitated is not None:
+            _polyak(self.imitated, self.policy, self.expo.base_ema)
         return {"base_loss": loss.item()}
 
     def _optimizer_names(self) -> list[str]:
@@ -304,6 +315,30 @@ class OnlineEpisode:
         return len(self.actions)
 
 
+class InRange:
+    """Where an online episode leaves the states the base was fitted on: the first frame with a
+    low-dim feature whose normalised value exceeds ``limit`` (the demos span [-1, 1]).
+
+    The base's normaliser is fitted on the demos, so a feature the demos barely vary (a scarce
+    dataset's object orientation: a span of 0.004) maps an online value a little outside that
+    span to hundreds. Imitating such windows makes their huge inputs dominate the base's
+    gradient and unlearns the demos; leaving them out keeps the imitation on states the base can
+    represent (EXPO's datasets cover the online states, so its reference needs no such cut)."""
+
+    def __init__(self, normalizer, limit: float) -> None:
+        self.normalizer, self.limit = normalizer, limit
+
+    def prefix(self, obs: dict[str, np.ndarray]) -> int:
+        """How many leading frames of ``obs`` (arrays of (L, ...)) lie within the limit."""
+        length = len(next(iter(obs.values())))
+        inside = np.ones(length, dtype=bool)
+        for key in set(self.normalizer.keys) & set(obs):
+            scaled = self.normalizer.normalize(key, torch.as_tensor(obs[key], dtype=torch.float32))
+            inside &= scaled.abs().reshape(length, -1).amax(dim=1).numpy() <= self.limit
+        outside = np.flatnonzero(~inside)
+        return int(outside[0]) if len(outside) else length
+
+
 class OnlineEpisodes:
     """The run's finished episodes, indexed as training windows in blocks of ``refresh`` env
     steps (re-indexing concatenates every episode: not once per episode). At each re-index the
@@ -315,21 +350,36 @@ class OnlineEpisodes:
         horizons: tuple[int, int, int],
         refresh: int,
         capacity: int,
+        in_range: InRange | None = None,
     ) -> None:
         self.obs_keys = list(obs_keys)
         self.horizons = horizons  # obs, pred, action
         self.refresh = refresh
         self.capacity = capacity
+        self.in_range = in_range
         self.episodes: list[OnlineEpisode] = []
         self._windows: SequenceWindows | None = None
         self._indexed = 0  # episodes in the windows
+        self.steps_seen = 0  # env steps of every finished episode
+        self.steps_kept = 0  # of those, the steps kept for imitation
 
     def add(self, obs: list[dict[str, np.ndarray]], actions: list[np.ndarray]) -> None:
+        """Keep the episode up to its first frame outside the base's range (``in_range``)."""
         steps = len(actions)
+        self.steps_seen += steps
+        stacked = {k: np.stack([o[k] for o in obs[:steps]]) for k in self.obs_keys} if steps else {}
+        if steps and self.in_range is not None:
+            steps = self.in_range.prefix(stacked)
+            stacked = {k: v[:steps] for k, v in stacked.items()}
         if steps == 0:
             return
-        stacked = {k: np.stack([o[k] for o in obs[:steps]]) for k in self.obs_keys}
-        self.episodes.append(OnlineEpisode(stacked, np.stack(actions).astype(np.float32)))
+        self.steps_kept += steps
+        kept = np.stack(actions[:steps]).astype(np.float32)
+        self.episodes.append(OnlineEpisode(stacked, kept))
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.steps_kept / self.steps_seen if self.steps_seen else 1.0
 
     def windows(self) -> SequenceWindows | None:
         """The windows of the episodes indexed so far (None before the first block)."""
@@ -408,6 +458,9 @@ class ImitationData:
     ) -> None:
         self.demos, self.online = demos, online
         self.batch_size, self.demo_fraction = batch_size, demo_fraction
+
+    def metrics(self) -> dict[str, float]:
+        return {"online_kept_fraction": self.online.kept_fraction}
 
     def sample(self, device: torch.device) -> dict[str, Any]:
         online = self.online.windows()

@@ -550,8 +550,13 @@ def _make_mdp(cfg: FinetuneConfig, setup: Setup, envs) -> MDP:
     if cfg.method == "expo":
         policy = setup.policy
         horizons = (policy.obs_horizon, policy.pred_horizon, policy.action_horizon)
+        limit = cfg.expo.imitation_obs_limit
         online = expo.OnlineEpisodes(
-            list(policy.shapes.obs), horizons, cfg.expo.window_refresh, cfg.buffer_capacity
+            list(policy.shapes.obs),
+            horizons,
+            cfg.expo.window_refresh,
+            cfg.buffer_capacity,
+            None if limit is None else expo.InRange(policy.normalizer, limit),
         )
         return expo.ExpoMDP(envs, seeds, expo.ExpoBase(policy, cfg.num_envs), online)
     return FlatMDP(envs, seeds, setup.obs_keys)
