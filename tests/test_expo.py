@@ -137,6 +137,9 @@ def test_online_episodes_are_cut_where_they_leave_the_base_range() -> None:
     online.add([{"state": s} for s in states[2:]], [np.zeros(2, np.float32)] * 2)
     assert len(online.episodes) == 1  # nothing in range: nothing kept
     assert online.kept_fraction == pytest.approx(2 / 6)
+    restored = OnlineEpisodes(["state"], (1, 2, 1), refresh=1, capacity=100, in_range=in_range)
+    restored.load_state_dict(online.state_dict())
+    assert restored.kept_fraction == pytest.approx(2 / 6)
 
 
 def test_base_ema_acts_with_an_average_of_the_imitated_base() -> None:

@@ -394,7 +394,11 @@ class OnlineEpisodes:
 
     def state_dict(self) -> dict[str, Tensor]:
         lengths = torch.tensor([e.num_samples for e in self.episodes], dtype=torch.long)
-        state = {"online_lengths": lengths, "online_indexed": torch.tensor(self._indexed)}
+        state = {
+            "online_lengths": lengths,
+            "online_indexed": torch.tensor(self._indexed),
+            "online_steps": torch.tensor([self.steps_seen, self.steps_kept]),
+        }
         if self.episodes:
             state["online_actions"] = torch.from_numpy(
                 np.concatenate([e.actions for e in self.episodes])
@@ -415,6 +419,8 @@ class OnlineEpisodes:
             start = end
         self._indexed = 0
         self._windows = None
+        if "online_steps" in state:  # runs saved before the range limit have no counts
+            self.steps_seen, self.steps_kept = (int(x) for x in state["online_steps"])
         indexed = int(state["online_indexed"])
         if indexed:
             self._windows = SequenceWindows(self.episodes[:indexed], self.obs_keys, *self.horizons)
