@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.experts.phase_machine import PhaseMachineExpert
 from envs.gripper import GripperTaskEnv
 
 OPEN, CLOSED = -1.0, 1.0
@@ -31,30 +32,11 @@ class Phase:
     hold: int = 0
 
 
-class GripperExpert:
-    """Base class: a phase machine. Subclasses list the phases for the current state."""
+class GripperExpert(PhaseMachineExpert[Phase]):
+    """Base class: subclasses list the phases for the current state."""
 
     GAIN = 1.5
     HOVER = 0.07  # metres above the cube's centre when approaching
-    MAX_PHASE_STEPS = 60
-
-    def __init__(self, noise: float = 0.0, seed: int | None = None) -> None:
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
-        self.noise = float(noise)
-        self.rng = np.random.default_rng(seed)
-        self._phase = 0
-        self._steps_in_phase = 0
-        self._grasp_offset = np.zeros(3)
-
-    def reset(self, env: GripperTaskEnv) -> None:
-        self._phase = 0
-        self._steps_in_phase = 0
-        offset_xy = self.rng.uniform(-1.0, 1.0, 2) * self.noise * 0.02
-        self._grasp_offset = np.array([offset_xy[0], offset_xy[1], 0.0])
-
-    def phases(self, env: GripperTaskEnv) -> list[Phase]:
-        raise NotImplementedError
 
     def _pick_phases(self, env: GripperTaskEnv) -> list[Phase]:
         cube = env.cube_pos() + self._grasp_offset
@@ -65,34 +47,21 @@ class GripperExpert:
         ]
 
     def act(self, env: GripperTaskEnv) -> np.ndarray:
-        phases = self.phases(env)
-        if self._dropped(env) or self._steps_in_phase > self.MAX_PHASE_STEPS:
-            self._phase, self._steps_in_phase = 0, 0
-        phase = phases[min(self._phase, len(phases) - 1)]
+        phase = self._step_phase(env)
         error = phase.target - env.eef_pos()
-        done = (
-            self._steps_in_phase >= phase.hold
-            if phase.hold
-            else float(np.max(np.abs(error))) < phase.tol
-        )
-        if done and self._phase < len(phases) - 1:
-            self._phase += 1
-            self._steps_in_phase = 0
-            phase = phases[self._phase]
-            error = phase.target - env.eef_pos()
-        self._steps_in_phase += 1
-        move = np.clip(self.GAIN * error / env.MAX_DELTA, -1.0, 1.0)
-        if self.noise > 0:
-            move = np.clip(move + self.rng.normal(0.0, self.noise, 3), -1.0, 1.0)
+        move = self._noisy(np.clip(self.GAIN * error / env.MAX_DELTA, -1.0, 1.0))
         return np.append(move, phase.grip).astype(np.float32)
 
-    def _dropped(self, env: GripperTaskEnv) -> bool:
+    def _reached(self, env: GripperTaskEnv, phase: Phase) -> bool:
+        if phase.hold:
+            return self._steps_in_phase >= phase.hold
+        return float(np.max(np.abs(phase.target - env.eef_pos()))) < phase.tol
+
+    def _dropped(self, env: GripperTaskEnv, phases: list[Phase]) -> bool:
         """After the grasp, the cube is no longer between the fingers."""
-        names = [p.name for p in self.phases(env)]
+        names = [p.name for p in phases]
         carrying = self._phase > names.index("close") and names[self._phase] in self.CARRY_PHASES
         return carrying and not env.grasping()
-
-    CARRY_PHASES: tuple[str, ...] = ()
 
 
 class LiftExpert(GripperExpert):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from envs.experts.phase_machine import PhaseMachineExpert
+
 OPEN, CLOSED = -1.0, 1.0
 POS_SCALE, ROT_SCALE = 0.05, 0.5  # metres / radians per unit action (OSC_POSE output_max)
 
@@ -53,53 +55,23 @@ def down_rotation(yaw: float) -> np.ndarray:
     return np.array([[c, s, 0.0], [s, -c, 0.0], [0.0, 0.0, -1.0]])
 
 
-class RobosuiteExpert:
-    """Base class: a phase machine over ``phases(env)``; subclasses say what to pick and where."""
+class RobosuiteExpert(PhaseMachineExpert[Phase]):
+    """Base class: subclasses say what to pick (``grasp_point``) and where (``phases``)."""
 
     POS_GAIN = 4.0
     ROT_GAIN = 2.0
     MAX_PHASE_STEPS = 80
-    CARRY_PHASES: tuple[str, ...] = ()
+    GRASP_SPREAD = 0.01
     DROP_DISTANCE = 0.05  # the grasp point this far from the grip site: dropped
-
-    def __init__(self, noise: float = 0.0, seed: int | None = None) -> None:
-        if noise < 0:
-            raise ValueError(f"noise must be >= 0, got {noise}")
-        self.noise = float(noise)
-        self.rng = np.random.default_rng(seed)
-        self._phase = 0
-        self._steps_in_phase = 0
-        self._grasp_offset = np.zeros(3)
-
-    def reset(self, env) -> None:
-        self._phase = 0
-        self._steps_in_phase = 0
-        offset_xy = self.rng.uniform(-1.0, 1.0, 2) * self.noise * 0.01
-        self._grasp_offset = np.array([offset_xy[0], offset_xy[1], 0.0])
-
-    # ---- what each task defines -------------------------------------------------------------
-    def phases(self, env) -> list[Phase]:
-        raise NotImplementedError
 
     def grasp_point(self, env) -> np.ndarray:
         """Where the fingers close on the object (world), before the noise offset."""
         raise NotImplementedError
 
-    # ---- the phase machine -----------------------------------------------------------------
     def act(self, env) -> np.ndarray:
-        phases = self.phases(env)
-        if self._dropped(env, phases) or self._steps_in_phase > self.MAX_PHASE_STEPS:
-            self._phase, self._steps_in_phase = 0, 0
-        phase = phases[min(self._phase, len(phases) - 1)]
-        if self._reached(env, phase) and self._phase < len(phases) - 1:
-            self._phase += 1
-            self._steps_in_phase = 0
-            phase = phases[self._phase]
-        self._steps_in_phase += 1
+        phase = self._step_phase(env)
         pos_error, rot_error = self._errors(env, phase)
-        move = np.clip(self.POS_GAIN * pos_error / POS_SCALE, -1.0, 1.0)
-        if self.noise > 0:
-            move = np.clip(move + self.rng.normal(0.0, self.noise, 3), -1.0, 1.0)
+        move = self._noisy(np.clip(self.POS_GAIN * pos_error / POS_SCALE, -1.0, 1.0))
         turn = np.clip(self.ROT_GAIN * rot_error / ROT_SCALE, -1.0, 1.0)
         return np.concatenate([move, turn, [phase.grip]]).astype(np.float32)
 
