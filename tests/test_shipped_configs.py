@@ -78,4 +78,4 @@ def test_expo_configs_keep_its_edit_bound_and_critic(name) -> None:
     assert cfg.dsrl_reward == "per_env_step" and cfg.reward_offset == -1.0
     assert cfg.agent.value_bounds == pytest.approx([-8.0 / (1.0 - cfg.agent.gamma), 0.0])
     gpu = name.endswith("_gpu")
-    assert (cfg.expo.num_samples, cfg.updates_per_step) == ((8, 20.0) if gpu else (4, 0.5))
+    assert (cfg.expo.num_samples, cfg.updates_per_step) == ((8, 20.0) if gpu else (4, 1.0))
