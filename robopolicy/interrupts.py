@@ -15,10 +15,23 @@ from collections.abc import Iterator
 from types import FrameType
 
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+_terminated = threading.Event()  # a SIGTERM arrived inside the block
 
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    _terminated.set()
     raise SystemExit(SIGTERM_EXIT_STATUS)
+
+
+def raise_if_terminated() -> None:
+    """Raise ``SystemExit(143)`` if a SIGTERM arrived in the block but its exception was lost.
+
+    The handler raises wherever the main thread stands. If that is inside a finalizer
+    (``__del__``, a weakref callback: h5py and GL objects have them), Python prints "Exception
+    ignored" and carries on, and a collection would go on for hours. Loops call this once per
+    unit of work so that the signal still ends them."""
+    if _terminated.is_set():
+        raise SystemExit(SIGTERM_EXIT_STATUS)
 
 
 @contextlib.contextmanager
@@ -28,6 +41,7 @@ def sigterm_unwinds() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _terminated.clear()
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         yield

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from robopolicy.config import ConfigError, to_dict
 from robopolicy.data.hdf5 import DatasetWriter, Episode
 from robopolicy.data.masks import robomimic_masks
-from robopolicy.interrupts import sigterm_unwinds
+from robopolicy.interrupts import raise_if_terminated, sigterm_unwinds
 from robopolicy.sim.agents import ExpertAgent
 from robopolicy.sim.env_args import collection_env_args, resolve_env
 from robopolicy.sim.rollout import run_episodes
@@ -73,6 +73,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict[str, Any]:
                 envs, ExpertAgent(cfg.noise), itertools.count(cfg.seed), record_steps=True
             )
             for record in episodes:
+                raise_if_terminated()
                 attempts += 1
                 successes += record.success
                 if record.success or not cfg.successful_only:
