@@ -20,7 +20,9 @@ Each critic update (``updates_per_step`` per agent step, batches ``demo_fraction
     alpha   L = -alpha (log pi + H_target)   (SAC's temperature; H_target as ``Learner``'s)
     base    L = pi_base.compute_loss(windows of demos and of online episodes), every
             ``expo.base_update_every`` critic updates: imitating the executed, Q-chosen chunks
-            is what moves the base toward higher value
+            is what moves the base toward higher value. Online episodes count only up to their
+            first frame outside the demos' normalised range (``InRange``); with
+            ``expo.base_ema`` the loss trains a copy and the acting base follows its average
 
 Selection reduces the heads by their mean: the argmax over 2N candidates already favours
 candidates whose Q is overestimated, and the mean of all heads is the estimate with the least
