@@ -27,7 +27,13 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from robopolicy.bench.jobs import failure_lines, run_jobs, run_resources
-from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    new_run_dir,
+    write_results,
+)
 from robopolicy.checkpoint import load_policy
 from robopolicy.config import CONFIG_DIR, load_config
 from robopolicy.distributed import RayConfig
@@ -294,8 +300,7 @@ def _report(results: dict[str, Any]) -> str:
         [
             "# Benchmark: bc",
             "",
-            f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
-            f"{m['git_commit']}; {m['date']}. Eval seeds start at 100000; latency is one chunk "
+            f"{machine_line(m)} Eval seeds start at 100000; latency is one chunk "
             f"at batch 1, speed and latency on {results.get('device', 'cpu')}.",
             "",
             markdown_table(headers, rows),

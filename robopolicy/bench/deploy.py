@@ -31,7 +31,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from robopolicy.bench.jobs import local_only
-from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    new_run_dir,
+    write_results,
+)
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import load_policy, read_config, resolve_checkpoint
 from robopolicy.config import to_dict
@@ -254,8 +260,7 @@ def _report(results: dict[str, Any]) -> str:
         [
             "# Benchmark: deploy",
             "",
-            f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
-            f"{m['git_commit']}; {m['date']}. Checkpoint `{results['checkpoint']}`; server and "
+            f"{machine_line(m)} Checkpoint `{results['checkpoint']}`; server and "
             "controller are separate processes on loopback; torch threads "
             f"{results['config']['server_threads']}.",
             "",

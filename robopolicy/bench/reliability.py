@@ -49,7 +49,13 @@ from websockets.uri import parse_uri
 
 from robopolicy.bench.deploy import _free_port, _history, _wait_until_up
 from robopolicy.bench.jobs import local_only
-from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    new_run_dir,
+    write_results,
+)
 from robopolicy.bench.resume_exactness import bc_resume_exactness, rl_resume_exactness
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.checkpoint import read_config, resolve_checkpoint
@@ -569,8 +575,7 @@ def _report(results: dict[str, Any]) -> str:
         [
             "# Benchmark: reliability",
             "",
-            f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
-            f"{m['git_commit']}; {m['date']}. Checkpoint `{results['checkpoint']}`; each "
+            f"{machine_line(m)} Checkpoint `{results['checkpoint']}`; each "
             "section runs `robopolicy serve` in its own process on 127.0.0.1.",
             "",
             markdown_table(["section", "verdict", "figures", "s"], rows),

@@ -54,6 +54,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(machine: dict[str, Any]) -> str:
+    """The report's opening words on where it ran: ``machine_info()``'s CPU, torch, commit and
+    date, so that every figure can be traced to a machine and a commit."""
+    m = machine
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
+        f"{m['git_commit']}; {m['date']}."
+    )
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

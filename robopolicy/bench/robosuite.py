@@ -34,7 +34,13 @@ from robopolicy.bench import bc as bench_bc
 from robopolicy.bench import rl as bench_rl
 from robopolicy.bench import rti as bench_rti
 from robopolicy.bench.jobs import local_only
-from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    new_run_dir,
+    write_results,
+)
 from robopolicy.checkpoint import load_policy, read_config
 from robopolicy.config import ConfigError
 from robopolicy.distributed import RayConfig
@@ -229,8 +235,7 @@ def _report(results: dict[str, Any], cfg: Config) -> str:
     lines = [
         "# Benchmark: robosuite (robomimic's Lift, Can, Square)",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit {m['git_commit']}; "
-        f"{m['date']}. Success over seeded episodes (from 100000) with a Wilson 95% interval. "
+        f"{machine_line(m)} Success over seeded episodes (from 100000) with a Wilson 95% interval. "
         "The published figures are context, not a like-for-like comparison: the column "
         "'what differs' says why.",
         "",

@@ -19,7 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from robopolicy.bench.jobs import local_only
-from robopolicy.bench.report import machine_info, markdown_table, new_run_dir, write_results
+from robopolicy.bench.report import (
+    machine_info,
+    machine_line,
+    markdown_table,
+    new_run_dir,
+    write_results,
+)
 from robopolicy.bench.training import train_checkpoint
 from robopolicy.files import atomic_save_figure
 from robopolicy.inference.execution import ExecutionConfig
@@ -105,8 +111,7 @@ def _report(results: dict[str, Any], reference: str) -> str:
     lines = [
         "# Benchmark: rti",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; commit "
-        f"{m['git_commit']}; {m['date']}. Success over seeded episodes (from 100000) with a "
+        f"{machine_line(m)} Success over seeded episodes (from 100000) with a "
         "Wilson 95% interval; latency per executed action at batch 1; NFE = denoiser passes "
         f"per executed action. Δ is success minus the reference ({reference}).",
         "",
