@@ -92,7 +92,9 @@ class FinetuneConfig:
     # DSRL: per_env_step adds reward_offset to each executed env step's reward and sums over
     # the chunk (DSRL's reference: a chunk's sparse reward lies in [-action_horizon, 0]);
     # per_chunk adds it once to the chunk's summed reward ({-1, 0} per chunk). The two agree
-    # for one-step methods.
+    # for one-step methods. per_env_step's returns are action_horizon times larger, so SAC's
+    # agent.init_alpha must grow by the same factor to keep the same temperature (measured on
+    # PickPlace: 0.1 collapses the noise policy, 0.8 matches per_chunk at 0.1).
     dsrl_reward: str = "per_env_step"
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
