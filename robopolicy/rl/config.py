@@ -94,7 +94,7 @@ class FinetuneConfig:
     # per_chunk adds it once to the chunk's summed reward ({-1, 0} per chunk). The two agree
     # for one-step methods. per_env_step's returns are action_horizon times larger, so SAC's
     # agent.init_alpha must grow by the same factor to keep the same temperature (measured on
-    # PickPlace: 0.1 collapses the noise policy, 0.8 matches per_chunk at 0.1).
+    # PickPlace: at 0.1 the noise policy narrows early, 0.8 matches per_chunk at 0.1).
     dsrl_reward: str = "per_env_step"
     run_dir: str | None = None  # default: runs/<name>/<timestamp>
     resume: str | None = None  # a run or checkpoint dir to continue from
