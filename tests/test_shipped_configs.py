@@ -94,6 +94,7 @@ def test_pickplace_family_dsrl_temperature_follows_its_reward_form(name, alpha) 
     [
         ("dsrl_na_pickplace", 0.001),
         ("dsrl_sac_pickplace", 0.0),
+        ("dsrl_na_pickplace_gpu", 0.0),
         ("dsrl_na_can", 0.0),
         ("dsrl_sac_can", 0.0),
     ],
